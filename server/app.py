@@ -1,0 +1,66 @@
+"""Composition root: ``create_app(config) -> web.Application``. Wires; no logic of its own."""
+
+from __future__ import annotations
+
+from typing import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from . import api
+from .config import DEV_SECRET, Config
+from .keys import PIPELINE, REGISTRY, SERVICES
+from .middleware.upgrade import UpgradeGuard
+from .pipeline import build_pipeline
+from .protocol import CloseCode
+from .registry import Registry
+from .services import Services
+from .ws import websocket_handler
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(config: Config, *, config_path: str | None = None) -> web.Application:
+    """Build the application. Plugin problems raise PluginError/ConfigError here, before any
+    socket is opened."""
+    services = Services(config, config_path=config_path)
+    plugins = [cls(section, services) for cls, section in Registry.classes(config)]
+    registry = Registry(plugins)
+    services.registry = registry
+    guard = UpgradeGuard(config)
+    app = web.Application(middlewares=[guard.middleware])
+    app[SERVICES] = services
+    app[REGISTRY] = registry
+    app[PIPELINE] = build_pipeline(config, registry.stages)
+    app.router.add_get(config.server.ws_path, websocket_handler)
+    app.router.add_routes(api.routes)
+    app.cleanup_ctx.append(_lifecycle)
+    app.on_shutdown.append(_drain)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    if services.config.auth.algorithm.startswith("HS") and services.config.auth.secret == DEV_SECRET:
+        log.warning("insecure_dev_secret",
+                    hint="auth.secret is the development default; set JWT_SECRET in production")
+    await services.start()
+    for plugin in app[REGISTRY].plugins:
+        await plugin.on_startup()
+    log.info("server_started", node=services.node_id, backend=services.config.backend.type,
+             plugins=[p.name for p in app[REGISTRY].plugins])
+    yield
+    for plugin in app[REGISTRY].plugins:
+        try:
+            await plugin.on_shutdown()
+        except Exception:
+            log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_shutdown")
+    await services.stop()
+
+
+async def _drain(app: web.Application) -> None:
+    """Stop taking connections and close every open one with 1001."""
+    services = app[SERVICES]
+    services.hub.draining = True
+    log.info("server_draining", connections=len(services.hub.connections))
+    services.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")

@@ -1,0 +1,172 @@
+"""One client connection: identity, rooms, a bounded outbound queue and its writer task.
+
+Only the handler task in ``ws.py`` reads from the socket; everything else sends by calling
+:meth:`Connection.send`, which only appends to the queue and never waits. A connection whose
+queue passes its caps, or whose pending write outlives ``server.write_timeout`` (checked by the
+hub's sweeper), is closed with 4008 and the rest of the server never waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import WSMsgType, web
+
+from .protocol import CloseCode, new_id
+
+if TYPE_CHECKING:
+    from .plugin_api import User
+
+_TEXT = WSMsgType.TEXT
+
+
+class Connection:
+    __slots__ = (
+        "id", "user", "ws", "remote", "log", "rooms", "connected_at", "expires_at",
+        "last_activity", "write_started", "closing", "close_code", "_queue", "_queued_bytes",
+        "_max_bytes", "_max_messages", "_wake", "_writer", "_expiry_timer", "invalid_frames",
+        "state", "request",
+    )
+
+    def __init__(self, ws: web.WebSocketResponse, user: "User", *, remote: str, log: Any,
+                 max_bytes: int, max_messages: int, request: web.Request | None = None) -> None:
+        self.id = new_id()
+        self.user = user
+        self.ws = ws
+        self.remote = remote
+        self.log = log
+        self.request = request
+        self.rooms: set[str] = set()
+        self.connected_at = time.time()
+        self.expires_at: float | None = None
+        self.last_activity = time.monotonic()
+        self.write_started = 0.0  # monotonic time a write began; 0 when none is pending
+        self.closing = False
+        self.close_code: int | None = None
+        self.invalid_frames = 0
+        #: free per-connection state for plugins, keyed by plugin name
+        self.state: dict[str, Any] = {}
+        self._queue: deque[bytes] = deque()
+        self._queued_bytes = 0
+        self._max_bytes = max_bytes
+        self._max_messages = max_messages
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._expiry_timer: asyncio.TimerHandle | None = None
+
+    # --- outbound -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def send(self, payload: bytes, *, droppable: bool = False) -> bool:
+        """Queue an encoded frame; never waits. Returns False when it was not queued.
+
+        Over the caps, a ``droppable`` frame (typing indicators) is dropped; any other closes
+        this connection as a slow consumer (4008).
+        """
+        if self.closing:
+            return False
+        size = len(payload)
+        if self._queued_bytes + size > self._max_bytes or len(self._queue) >= self._max_messages:
+            if droppable:
+                return False
+            self.close(CloseCode.SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
+            return False
+        self._queue.append(payload)
+        self._queued_bytes += size
+        if not self._wake.is_set():
+            self._wake.set()
+        return True
+
+    async def _write_loop(self) -> None:
+        ws, queue, wake = self.ws, self._queue, self._wake
+        try:
+            while True:
+                if not queue:
+                    wake.clear()
+                    await wake.wait()
+                    if self.closing:
+                        return
+                while queue:
+                    payload = queue.popleft()
+                    self._queued_bytes -= len(payload)
+                    self.write_started = time.monotonic()
+                    if payload:
+                        await ws.send_frame(payload, _TEXT)
+                    else:  # the hub's heartbeat marker
+                        await ws.ping()
+                    self.write_started = 0.0
+        except (ConnectionError, RuntimeError):
+            # the peer went away; the read loop sees it too and cleans up
+            return
+        except asyncio.CancelledError:
+            return
+
+    # --- closing --------------------------------------------------------------------------
+    def close(self, code: int, reason: str = "") -> None:
+        """Close from any task: stop queuing, drop what is queued, send the close frame from a
+        task of its own so the caller never waits."""
+        if self.closing:
+            return
+        self.closing = True
+        self.close_code = code
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._wake.set()
+        self.cancel_expiry()
+        self.log.info("connection_closing", code=int(code), reason=reason)
+        asyncio.get_running_loop().create_task(self._close(code, reason))
+
+    async def _close(self, code: int, reason: str) -> None:
+        writer = self._writer
+        if writer is not None and not writer.done() and self.write_started:
+            # a write is stuck on a peer that does not read: abandon it
+            writer.cancel()
+        try:
+            async with asyncio.timeout(5.0):
+                await self.ws.close(code=int(code), message=reason.encode()[:120])
+        except (TimeoutError, ConnectionError, RuntimeError):
+            transport = self.request.transport if self.request is not None else None
+            if transport is not None:
+                transport.abort()
+
+    async def finish(self) -> None:
+        """Called by the handler once the read loop ended: stop the writer."""
+        self.closing = True
+        self.cancel_expiry()
+        self._wake.set()
+        writer = self._writer
+        if writer is not None and not writer.done():
+            writer.cancel()
+            try:
+                await writer
+            except asyncio.CancelledError:
+                pass
+
+    # --- token expiry ----------------------------------------------------------------------
+    def schedule_expiry(self, expires_at: float | None) -> None:
+        self.cancel_expiry()
+        self.expires_at = expires_at
+        if expires_at is None:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, expires_at - time.time())
+        self._expiry_timer = loop.call_later(
+            delay, self.close, CloseCode.TOKEN_EXPIRED, "token expired"
+        )
+
+    def cancel_expiry(self) -> None:
+        if self._expiry_timer is not None:
+            self._expiry_timer.cancel()
+            self._expiry_timer = None

@@ -1,0 +1,131 @@
+"""This node's connections: by id, by user and by room. Fan-out only enqueues.
+
+One sweeper task per node (not a timer per connection) sends heartbeats, closes connections
+whose peer stopped answering (4010) or whose pending write outlived ``write_timeout`` (4008).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Iterable
+
+import structlog
+
+from .backends.base import TargetKind
+from .config import ServerConfig
+from .connection import Connection
+from .protocol import CloseCode
+
+log = structlog.get_logger(__name__)
+
+PING = b""  # queued marker: the writer sends a WebSocket ping instead of a text frame
+
+
+class Hub:
+    def __init__(self, server: ServerConfig) -> None:
+        self.server = server
+        self.connections: dict[str, Connection] = {}
+        self.by_user: dict[str, dict[str, Connection]] = {}
+        self.by_room: dict[str, dict[str, Connection]] = {}
+        self.by_ip: dict[str, int] = {}
+        self._sweeper: asyncio.Task[None] | None = None
+        self.draining = False
+
+    # --- membership ---------------------------------------------------------------------
+    def add(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+        self.by_user.setdefault(conn.user.id, {})[conn.id] = conn
+        self.by_ip[conn.remote] = self.by_ip.get(conn.remote, 0) + 1
+
+    def remove(self, conn: Connection) -> None:
+        if self.connections.pop(conn.id, None) is None:
+            return
+        user_conns = self.by_user.get(conn.user.id)
+        if user_conns is not None:
+            user_conns.pop(conn.id, None)
+            if not user_conns:
+                del self.by_user[conn.user.id]
+        for room in conn.rooms:
+            self._unsubscribe(room, conn)
+        left = self.by_ip.get(conn.remote, 1) - 1
+        if left:
+            self.by_ip[conn.remote] = left
+        else:
+            self.by_ip.pop(conn.remote, None)
+
+    def subscribe(self, room: str, conn: Connection) -> None:
+        conn.rooms.add(room)
+        self.by_room.setdefault(room, {})[conn.id] = conn
+
+    def unsubscribe(self, room: str, conn: Connection) -> None:
+        conn.rooms.discard(room)
+        self._unsubscribe(room, conn)
+
+    def _unsubscribe(self, room: str, conn: Connection) -> None:
+        members = self.by_room.get(room)
+        if members is not None:
+            members.pop(conn.id, None)
+            if not members:
+                del self.by_room[room]
+
+    def user_connections(self, user_id: str) -> list[Connection]:
+        return list(self.by_user.get(user_id, {}).values())
+
+    def count_user(self, user_id: str) -> int:
+        return len(self.by_user.get(user_id, ()))
+
+    def count_ip(self, ip: str) -> int:
+        return self.by_ip.get(ip, 0)
+
+    # --- fan-out ------------------------------------------------------------------------
+    def deliver(self, kind: TargetKind, key: str, payload: bytes, exclude: str | None = None,
+                *, droppable: bool = False) -> int:
+        """Enqueue ``payload`` (already encoded, once) on every local target connection."""
+        if kind == "room":
+            targets: Iterable[Connection] = self.by_room.get(key, {}).values()
+        elif kind == "user":
+            targets = self.by_user.get(key, {}).values()
+        else:
+            targets = self.connections.values()
+        sent = 0
+        for conn in tuple(targets):
+            if conn.id != exclude and conn.send(payload, droppable=droppable):
+                sent += 1
+        return sent
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+
+    async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+
+    def close_all(self, code: int, reason: str) -> None:
+        for conn in tuple(self.connections.values()):
+            conn.close(code, reason)
+
+    async def _sweep(self) -> None:
+        cfg = self.server
+        tick = max(0.02, min(1.0, cfg.ping_period / 2, cfg.write_timeout / 2))
+        last_ping = time.monotonic()
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            ping = now - last_ping >= cfg.ping_period
+            if ping:
+                last_ping = now
+            for conn in tuple(self.connections.values()):
+                if conn.closing:
+                    continue
+                if conn.write_started and now - conn.write_started > cfg.write_timeout:
+                    conn.close(CloseCode.SLOW_CONSUMER, "slow consumer: write timed out")
+                elif now - conn.last_activity > cfg.pong_wait:
+                    conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                elif ping:
+                    conn.send(PING, droppable=True)

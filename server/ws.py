@@ -1,0 +1,238 @@
+"""The WebSocket endpoint: authentication after the upgrade, the single read loop, the inbound
+pipeline and dispatch to plugin handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from aiohttp import WSMsgType, web
+
+from .auth import user_from_claims
+from .connection import Connection
+from .errors import AuthError, CloseConnection, MessageRejected
+from .keys import CLAIMS, CLIENT_IP, PIPELINE, REGISTRY, SERVICES
+from .plugin_api import Context
+from .protocol import CloseCode, ErrorCode, decode, encode, error_frame, frame
+from .services import Services
+
+log = structlog.get_logger("server.ws")
+
+_COUNTED_AS_INVALID = {ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAGE,
+                       ErrorCode.UNKNOWN_MESSAGE_TYPE, ErrorCode.UNSUPPORTED_FRAME}
+_DONE = {WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR}
+
+
+async def _first_frame_auth(ws: web.WebSocketResponse, services: Services) -> dict[str, Any] | None:
+    """Wait for ``{"type": "auth", "data": {"token": ...}}``; close 4500 on anything else."""
+    timeout = services.config.auth.first_message_timeout
+    try:
+        msg = await ws.receive(timeout=timeout)
+    except asyncio.TimeoutError:
+        await ws.close(code=CloseCode.AUTH_FAILED, message=b"no auth frame in time")
+        return None
+    if msg.type is not WSMsgType.TEXT:
+        if msg.type not in _DONE:
+            await ws.close(code=CloseCode.AUTH_FAILED, message=b"expected an auth frame")
+        return None
+    try:
+        env = decode(msg.data)
+        token = env.data.get("token")
+        if env.type != "auth" or not isinstance(token, str):
+            raise AuthError("the first frame must be {\"type\": \"auth\", \"data\": {\"token\": ...}}")
+        claims = await services.auth.verify(token)
+    except (MessageRejected, AuthError) as exc:
+        log.info("auth_failed", via="first_frame", reason=str(exc))
+        await ws.send_str(encode(frame("error", {"code": ErrorCode.UNAUTHORIZED,
+                                                 "message": str(exc)})).decode())
+        await ws.close(code=CloseCode.AUTH_FAILED, message=b"authentication failed")
+        return None
+    claims["__auth_frame_id__"] = env.id
+    return claims
+
+
+async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    cfg = services.config
+    ws = web.WebSocketResponse(
+        max_msg_size=cfg.server.max_message_size,
+        compress=cfg.server.compression,
+        autoping=False,
+        autoclose=True,
+    )
+    await ws.prepare(request)
+    claims = request.get(CLAIMS)
+    if claims is None:
+        claims = await _first_frame_auth(ws, services)
+        if claims is None:
+            return ws
+        security = cfg.security
+        if security.max_connections_per_user and \
+                services.hub.count_user(str(claims["sub"])) >= security.max_connections_per_user:
+            await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections for this user")
+            return ws
+    auth_frame_id = claims.pop("__auth_frame_id__", None)
+    user = user_from_claims(claims)
+    remote = request.get(CLIENT_IP) or request.remote or ""
+    conn = Connection(ws, user, remote=remote, request=request,
+                      log=log.bind(conn_id="", user_id=user.id),
+                      max_bytes=cfg.server.write_buffer_size,
+                      max_messages=cfg.server.max_queued_messages)
+    conn.log = log.bind(conn_id=conn.id, user_id=user.id)
+    structlog.contextvars.bind_contextvars(conn_id=conn.id, user_id=user.id)
+    try:
+        await _serve(request, services, conn, claims, auth_frame_id)
+    finally:
+        structlog.contextvars.unbind_contextvars("conn_id", "user_id")
+    return ws
+
+
+async def _serve(request: web.Request, services: Services, conn: Connection,
+                 claims: dict[str, Any], auth_frame_id: str | None) -> None:
+    cfg = services.config
+    registry = request.app[REGISTRY]
+    pipeline = request.app[PIPELINE]
+    hub = services.hub
+    hub.add(conn)
+    conn.start()
+    ws = conn.ws
+    try:
+        await services.backend.presence.add_connection(
+            conn.user.id, conn.id, {"username": conn.user.username, "connected_at": conn.connected_at,
+                                    "node": services.node_id})
+        wanted = list(cfg.rooms.default_rooms)
+        query_rooms = request.query.get("rooms", "")
+        wanted += [r.strip() for r in query_rooms.split(",") if r.strip() and r.strip() not in wanted]
+        for room in wanted:
+            try:
+                await services.join(conn, room)
+            except MessageRejected as exc:
+                conn.log.info("connect_join_refused", room=room, code=exc.code)
+                conn.send(error_frame(exc.code, exc.message))
+        exp = claims.get("exp")
+        conn.schedule_expiry(float(exp) if exp is not None else None)
+        services.send_to_connection(conn, "connected", {
+            "connection_id": conn.id,
+            "user": conn.user.public(),
+            "online_count": await services.backend.presence.online_count(),
+            "rooms": sorted(conn.rooms),
+            "heartbeat": {"interval": cfg.server.ping_period, "timeout": cfg.server.pong_wait},
+            "expires_at": int(exp) if exp is not None else None,
+            "node": services.node_id,
+        }, reply_to=auth_frame_id)
+        conn.log.info("connection_opened", remote=conn.remote, rooms=sorted(conn.rooms))
+        for plugin in registry.plugins:
+            try:
+                await plugin.on_connect(Context(conn, None, services, plugin))
+            except Exception:
+                conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_connect")
+        await _read_loop(services, registry, pipeline, conn)
+    finally:
+        hub.remove(conn)
+        await conn.finish()
+        if not ws.closed:
+            code = conn.close_code or CloseCode.NORMAL
+            try:
+                async with asyncio.timeout(2.0):
+                    await ws.close(code=int(code))
+            except (TimeoutError, ConnectionError, RuntimeError):
+                pass
+        for room in list(conn.rooms):
+            await services.leave(conn, room, closing=True)
+        await services.backend.presence.remove_connection(conn.user.id, conn.id)
+        for plugin in registry.plugins:
+            try:
+                await plugin.on_disconnect(Context(conn, None, services, plugin))
+            except Exception:
+                conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_disconnect")
+        conn.log.info("connection_closed", code=ws.close_code,
+                      duration=round(time.time() - conn.connected_at, 3))
+
+
+async def _read_loop(services: Services, registry: Any, pipeline: Any, conn: Connection) -> None:
+    ws = conn.ws
+    stats = services.stats
+    while True:
+        msg = await ws.receive()
+        conn.last_activity = time.monotonic()
+        kind = msg.type
+        if kind is WSMsgType.TEXT:
+            stats.messages_in += 1
+            await _handle(services, registry, pipeline, conn, msg.data)
+        elif kind is WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif kind is WSMsgType.PONG:
+            continue
+        elif kind is WSMsgType.BINARY:
+            _reject(services, conn, MessageRejected(ErrorCode.UNSUPPORTED_FRAME,
+                                                    "binary frames are not accepted"), None)
+        elif kind in _DONE:
+            if kind is WSMsgType.ERROR:
+                conn.log.info("connection_error", error=str(ws.exception()), code=ws.close_code)
+            return
+        if conn.closing:
+            # drain until the peer answers our close frame (ws.close() runs in another task)
+            continue
+
+
+def _reject(services: Services, conn: Connection, exc: MessageRejected, reply_to: str | None) -> None:
+    conn.log.info("frame_rejected", code=exc.code, reason=exc.message)
+    conn.send(error_frame(exc.code, exc.message, reply_to=reply_to, retry_after=exc.retry_after))
+    if exc.code in _COUNTED_AS_INVALID:
+        conn.invalid_frames += 1
+        if conn.invalid_frames >= services.config.messages.max_invalid_frames:
+            conn.close(CloseCode.TOO_MANY_INVALID, "too many invalid frames")
+
+
+async def _handle(services: Services, registry: Any, pipeline: Any, conn: Connection,
+                  data: str) -> None:
+    reply_to: str | None = None
+    env = None
+    try:
+        env = decode(data)
+        reply_to = env.id
+        handler = registry.handlers.get(env.type)
+        if handler is None:
+            await _core(services, conn, env)
+            return
+        env.payload = handler.validate(env.data)
+        roles = services.config.permissions.types.get(env.type)
+        if roles is not None and not conn.user.has_any_role(roles):
+            raise MessageRejected(ErrorCode.FORBIDDEN, f"your roles may not send {env.type!r}")
+        result = await pipeline.run(conn, env)
+        if result is None:
+            return
+        await handler.func(Context(conn, result, services, handler.plugin), result.payload)
+    except MessageRejected as exc:
+        _reject(services, conn, exc, reply_to)
+    except CloseConnection as exc:
+        conn.close(exc.code, exc.reason)
+    except Exception:
+        conn.log.exception("handler_failed", type=env.type if env else None)
+        conn.send(error_frame(ErrorCode.INTERNAL_ERROR, "internal error while handling the frame",
+                              reply_to=reply_to))
+
+
+async def _core(services: Services, conn: Connection, env: Any) -> None:
+    if env.type == "ping":
+        services.send_to_connection(conn, "pong", {}, reply_to=env.id)
+    elif env.type == "refresh":
+        token = env.data.get("token")
+        if not isinstance(token, str) or not token:
+            raise MessageRejected(ErrorCode.INVALID_MESSAGE, "data.token is required")
+        try:
+            claims = await services.auth.verify(token)
+        except AuthError as exc:
+            raise MessageRejected(ErrorCode.UNAUTHORIZED, f"refresh refused: {exc}") from None
+        if str(claims["sub"]) != conn.user.id:
+            raise MessageRejected(ErrorCode.FORBIDDEN, "refresh token is for another user")
+        exp = claims.get("exp")
+        conn.schedule_expiry(float(exp) if exp is not None else None)
+        conn.log.info("token_refreshed", expires_at=exp)
+        services.send_to_connection(conn, "refreshed", {"expires_at": exp}, reply_to=env.id)
+    elif env.type == "auth":
+        raise MessageRejected(ErrorCode.INVALID_MESSAGE, "already authenticated; use 'refresh'")
+    else:
+        raise MessageRejected(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"no plugin handles type {env.type!r}")
