@@ -147,7 +147,7 @@ async def _serve(request: web.Request, services: Services, conn: Connection,
                 await plugin.on_disconnect(Context(conn, None, services, plugin))
             except Exception:
                 conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_disconnect")
-        conn.log.info("connection_closed", code=ws.close_code,
+        conn.log.info("connection_closed", code=int(conn.close_code or ws.close_code or 0),
                       duration=round(time.time() - conn.connected_at, 3))
 
 
@@ -161,6 +161,9 @@ async def _read_loop(services: Services, registry: Any, pipeline: Any, conn: Con
         if kind is WSMsgType.TEXT:
             stats.messages_in += 1
             await _handle(services, registry, pipeline, conn, msg.data)
+            # frames already buffered are returned without suspending: yield once per frame so
+            # the writer tasks of the recipients drain their queues between a client's frames
+            await asyncio.sleep(0)
         elif kind is WSMsgType.PING:
             await ws.pong(msg.data)
         elif kind is WSMsgType.PONG:
