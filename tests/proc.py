@@ -46,6 +46,10 @@ class ServerProcess:
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(sig)
+        return await self.wait(timeout)
+
+    async def wait(self, timeout: float = 15.0) -> int:
+        """Wait for the process to exit (after a signal already sent); its exit code."""
         code = await asyncio.wait_for(self.proc.wait(), timeout)
         await asyncio.wait_for(self._reader, timeout)
         return code

@@ -135,3 +135,27 @@ async def test_compression_is_off_by_default_and_can_be_enabled(make_server: Any
         assert bool(raw.compress) is enabled
         await WS(raw).recv_type("connected")
         await raw.close()
+
+
+async def test_write_stalled_past_write_timeout_closes_with_4008(make_server: Any) -> None:
+    # queue caps far above what is sent: only the stalled write can close it
+    client = await make_server({
+        "rate_limit": {"enabled": False},
+        "server": {"write_buffer_size": 1 << 30, "max_queued_messages": 1 << 20,
+                   "write_timeout": 0.3, "max_message_size": 1 << 20},
+        "messages": {"max_message_length": 20000},
+    })
+    connect = connector(client)
+    sender, slow = await connect("s"), await connect("slow")
+    for ws in (sender, slow):
+        await ws.request("join", room="room")
+    content = "y" * 16000
+    for i in range(1000):  # 16 MB, more than the loopback socket buffers hold
+        await sender.send("message", room="room", data={"content": content})
+    # the behaviour under test: this client does not read for over three write_timeouts
+    await asyncio.sleep(1.0)
+    while True:
+        msg = await slow.ws.receive(timeout=10)
+        if msg.type is not WSMsgType.TEXT:
+            break
+    assert slow.ws.close_code == 4008

@@ -33,7 +33,7 @@ async def test_signal_closes_connections_with_1001_and_exits(tmp_path: Path, sig
             server.proc.send_signal(sig)
             codes = [await ws.closed(timeout=5) for ws in clients]
             assert codes == [1001, 1001]
-            assert await server.stop(timeout=5) == 0
+            assert await server.wait(timeout=5) == 0
             assert time.monotonic() - started < 3 + 1
     finally:
         await server.kill()
