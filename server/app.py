@@ -24,8 +24,7 @@ def create_app(config: Config, *, config_path: str | None = None) -> web.Applica
     """Build the application. Plugin problems raise PluginError/ConfigError here, before any
     socket is opened."""
     services = Services(config, config_path=config_path)
-    plugins = [cls(section, services) for cls, section in Registry.classes(config)]
-    registry = Registry(plugins)
+    registry = Registry.create(config, services)
     services.registry = registry
     guard = UpgradeGuard(config)
     app = web.Application(middlewares=[guard.middleware])
@@ -45,16 +44,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         log.warning("insecure_dev_secret",
                     hint="auth.secret is the development default; set JWT_SECRET in production")
     await services.start()
-    for plugin in app[REGISTRY].plugins:
-        await plugin.on_startup()
+    try:
+        await app[REGISTRY].startup()
+    except BaseException:
+        await services.stop()
+        raise
     log.info("server_started", node=services.node_id, backend=services.config.backend.type,
              plugins=[p.name for p in app[REGISTRY].plugins])
     yield
-    for plugin in app[REGISTRY].plugins:
-        try:
-            await plugin.on_shutdown()
-        except Exception:
-            log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_shutdown")
+    await app[REGISTRY].shutdown()
     await services.stop()
 
 

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from .errors import AuthError, ConfigError, PluginError
+
+if TYPE_CHECKING:
+    from .config import Config, LoadedConfig
+    from .plugin_api import Plugin
 
 DEFAULT_CONFIG = "websocket.yaml"
 
@@ -85,7 +91,12 @@ async def _run(app: Any, config: Any, log: Any) -> int:
         shutdown_timeout=srv.shutdown_timeout,
         read_bufsize=srv.read_buffer_size,
     )
-    await runner.setup()
+    try:
+        await runner.setup()  # runs the plugins' on_startup hooks
+    except PluginError as exc:
+        log.error("startup_failed", error=str(exc))
+        print(f"switchboard: cannot start: {exc}", file=sys.stderr)
+        return 2
     site = web.TCPSite(runner, srv.host, srv.port, reuse_address=True)
     try:
         await site.start()
@@ -114,71 +125,161 @@ async def _run(app: Any, config: Any, log: Any) -> int:
 
 
 # --- check-config -------------------------------------------------------------------------
-def cmd_check_config(args: argparse.Namespace) -> int:
-    from .config import load_config
-    from .registry import Registry
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
-    try:
-        loaded = load_config(args.file)
-    except ConfigError as exc:
-        _print_config_error(exc, args.file)
-        return 1
+
+def _plugin_problems(config: Config) -> tuple[list[str], list[str]]:
+    """Every plugin problem, not only the first (unknown or broken plugins, types claimed
+    twice, invalid plugin sections), and a warning for each section no enabled plugin reads."""
+    from .registry import available_plugins, check_classes, load_plugin_class, plugin_config
+
     errors: list[str] = []
+    classes: list[type[Plugin]] = []
+    installed = available_plugins()
+    for name in config.plugins.enabled:
+        try:
+            classes.append(load_plugin_class(name, installed))
+        except PluginError as exc:
+            errors.append(str(exc))
     try:
-        Registry.classes(loaded.config)
-    except ConfigError as exc:
-        errors += exc.errors
+        check_classes(classes)
     except PluginError as exc:
         errors.append(str(exc))
-    warnings = loaded.warnings
-    if errors or (args.strict and warnings):
-        fatal = "" if errors else " (--strict: warnings are fatal)"
-        print(f"{args.file}: {len(errors) + (len(warnings) if args.strict else 0)} error(s){fatal}",
-              file=sys.stderr)
-        for err in errors:
-            print(f"  error: {err}", file=sys.stderr)
-        for warning in warnings:
-            print(f"  {'error' if args.strict else 'warning'}: {warning}", file=sys.stderr)
-        return 1
-    for warning in warnings:
-        print(f"  warning: {warning}", file=sys.stderr)
+    for plugin_cls in classes:
+        try:
+            plugin_config(plugin_cls, config)
+        except ConfigError as exc:
+            errors += exc.errors
+    names = {plugin_cls.name for plugin_cls in classes}
+    warnings = []
+    for name in (config.plugins.model_extra or {}).keys() - names:
+        close = difflib.get_close_matches(name, sorted(names), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        warnings.append(f"plugins.{name}: options for a plugin that is not enabled{hint}")
+    return errors, warnings
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+def _summary(loaded: LoadedConfig) -> list[tuple[str, str]]:
+    """What an operator wants to see before deploying; never a secret."""
+    from .config import DEV_SECRET
+
     cfg = loaded.config
-    print(f"{args.file}: valid")
-    print(f"  listen     {cfg.server.host}:{cfg.server.port}{cfg.server.ws_path}")
-    print(f"  backend    {cfg.backend.type}")
-    print(f"  auth       {cfg.auth.algorithm}"
-          + (f" (jwks {cfg.auth.jwks_url})" if cfg.auth.jwks_url else ""))
-    print(f"  plugins    {', '.join(cfg.plugins.enabled) or '(none)'}")
-    print(f"  limits     {cfg.server.max_connections} connections, "
-          f"{cfg.rate_limit.messages_per_minute} msg/min (burst {cfg.rate_limit.burst}), "
-          f"{cfg.server.max_message_size} B frames")
+    srv, auth, sec, rate = cfg.server, cfg.auth, cfg.security, cfg.rate_limit
+    if auth.jwks_url:
+        key = f"keys from {auth.jwks_url}"
+    elif not auth.algorithm.startswith("HS"):
+        key = f"public key {auth.public_key_file}"
+    elif auth.secret == DEV_SECRET:
+        key = "THE DEVELOPMENT SECRET (set JWT_SECRET before going live)"
+    else:
+        key = "a secret from " + ("JWT_SECRET" if "JWT_SECRET" in loaded.env else "the config")
+    backend = "memory"
+    if cfg.backend.type == "redis":  # the URL without its password
+        backend = "redis at " + re.sub(r"//[^@/]*@", "//***@", cfg.backend.redis.url)
+    limits = f"{srv.max_connections or 'unlimited'} connections, frames up to {srv.max_message_size} bytes, "
+    if rate.enabled:
+        limits += f"{rate.messages_per_minute} messages/min per connection (burst {rate.burst})"
+        limits += " [dry run]" if rate.dry_run else ""
+    else:
+        limits += "no rate limit"
+    security = (f"origin check {_on(sec.check_origin)}, IP whitelist {_on(sec.ip_whitelist_enabled)}, "
+                f"IP blacklist {_on(sec.ip_blacklist_enabled)}, "
+                f"{_count(len(srv.trusted_proxies), 'trusted proxy range')}")
+    return [
+        ("listen", f"{srv.host}:{srv.port}{srv.ws_path}"),
+        ("auth", f"{auth.algorithm} with {key}" + (", dev login ON" if auth.dev_login else "")),
+        ("backend", backend),
+        ("plugins", ", ".join(cfg.plugins.enabled) or "(none)"),
+        ("limits", limits),
+        ("security", security),
+        ("logging", f"{cfg.logging.level}, {cfg.logging.format} format"),
+        ("env", ", ".join(loaded.env) or "(none)"),
+    ]
+
+
+def _check_one(path: str, strict: bool) -> bool:
+    """Validate one file and print the verdict; True when it passes."""
+    from .config import load_config
+
+    loaded: LoadedConfig | None = None
+    try:
+        loaded = load_config(path)
+    except ConfigError as exc:
+        errors, warnings = exc.errors, exc.warnings
+    else:
+        errors, plugin_warnings = _plugin_problems(loaded.config)
+        warnings = loaded.warnings + plugin_warnings
+    failed = bool(errors) or (strict and bool(warnings))
+    counts = [_count(len(errors), "error")] if errors else []
     if warnings:
-        print(f"  {len(warnings)} warning(s)")
-    return 0
+        counts.append(_count(len(warnings), "warning") + (" (fatal under --strict)" if strict else ""))
+    print(f"{path}: {'INVALID' if failed else 'valid'}" + "".join(f", {c}" for c in counts))
+    for line in [f"error: {e}" for e in errors] + [f"warning: {w}" for w in warnings]:
+        print(f"  {line}")
+    if loaded is not None and not failed:
+        for label, text in _summary(loaded):
+            print(f"  {label:<9} {text}")
+    return not failed
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    files = args.files or [_config_path(None)]
+    if files == [None]:
+        print(f"switchboard check-config: no FILE given, $SWITCHBOARD_CONFIG unset and no "
+              f"./{DEFAULT_CONFIG}", file=sys.stderr)
+        return 2
+    results = [_check_one(path, args.strict) for path in files]
+    return 0 if all(results) else 1
 
 
 # --- token --------------------------------------------------------------------------------
 def cmd_token(args: argparse.Namespace) -> int:
-    from .auth import mint_token, parse_ttl
+    from .auth import Authenticator, mint_token, parse_ttl
+    from .config import DEV_SECRET
+    from .log import configure_logging
 
+    def fail(message: str) -> int:
+        print(f"switchboard token: {message}", file=sys.stderr)
+        return 2
+
+    try:
+        ttl = parse_ttl(args.ttl)
+    except ValueError as exc:
+        return fail(f"--ttl: {exc}")
     path = _config_path(args.config)
     try:
         loaded = _load(path)
-        ttl = parse_ttl(args.ttl)
     except ConfigError as exc:
         _print_config_error(exc, path)
         return 2
-    except ValueError as exc:
-        print(f"switchboard token: --ttl: {exc}", file=sys.stderr)
-        return 2
-    roles = [r for part in (args.roles or []) for r in part.split(",") if r]
-    private_key = Path(args.private_key).read_text() if args.private_key else None
+    auth = loaded.config.auth
+    configure_logging(loaded.config.logging)  # log lines go to stderr, stdout is the token only
+    roles = [r.strip() for part in (args.roles or []) for r in part.split(",") if r.strip()]
+    private_key = None
+    if args.private_key:
+        try:
+            private_key = Path(args.private_key).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            return fail(f"--private-key: cannot read {args.private_key}: {exc}")
     try:
-        token = mint_token(loaded.config.auth, sub=args.sub, username=args.username,
-                           email=args.email, roles=roles, ttl=ttl, private_key=private_key)
+        token = mint_token(auth, sub=args.sub, username=args.username, email=args.email,
+                           roles=roles, ttl=ttl, private_key=private_key)
     except AuthError as exc:
-        print(f"switchboard token: {exc}", file=sys.stderr)
-        return 2
+        return fail(str(exc))
+    if not auth.jwks_url:
+        # a private key that is not the pair of auth.public_key_file makes a useless token
+        try:
+            asyncio.run(Authenticator(auth).verify(token))
+        except AuthError as exc:
+            return fail(f"the token would be refused by this config: {exc}")
+    if auth.algorithm.startswith("HS") and auth.secret == DEV_SECRET:
+        print("switchboard token: warning: signed with the development default secret; "
+              "set JWT_SECRET or auth.secret", file=sys.stderr)
     print(token)
     return 0
 
@@ -193,19 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (overrides server.port; 0 picks a free one)")
     serve.set_defaults(func=cmd_serve)
 
-    check = sub.add_parser("check-config", help="validate a config file")
-    check.add_argument("file")
-    check.add_argument("--strict", action="store_true", help="treat warnings (unknown keys) as errors")
+    check = sub.add_parser(
+        "check-config", help="validate config files (with the environment applied, as serve would)",
+        description="Exit 0 and print a summary when every FILE is valid; otherwise exit 1 and list "
+                    "every error with its key path. Unknown keys are warnings.")
+    check.add_argument("files", nargs="*", metavar="FILE",
+                       help=f"config file(s) (default: $SWITCHBOARD_CONFIG or ./{DEFAULT_CONFIG})")
+    check.add_argument("--strict", action="store_true",
+                       help="fail on warnings too (unknown keys, unused WS_ variables, ...)")
     check.set_defaults(func=cmd_check_config)
 
     token = sub.add_parser("token", help="print a development token signed with the configured key")
-    token.add_argument("-c", "--config")
-    token.add_argument("--sub", required=True, help="user id")
+    token.add_argument("-c", "--config", help=f"config file (default: $SWITCHBOARD_CONFIG or ./{DEFAULT_CONFIG} if present)")
+    token.add_argument("--sub", required=True, help="user id (the 'sub' claim)")
     token.add_argument("--username")
     token.add_argument("--email")
     token.add_argument("--roles", action="append", help="comma-separated roles; repeatable")
     token.add_argument("--ttl", default="1h", help="lifetime: 90, 15m, 1h, 7d (default 1h)")
-    token.add_argument("--private-key", help="PEM private key for RS256/ES256")
+    token.add_argument("--private-key", metavar="FILE",
+                       help="PEM private key for RS256/ES256 (the pair of auth.public_key_file)")
     token.set_defaults(func=cmd_token)
     return parser
 

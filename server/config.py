@@ -2,30 +2,78 @@
 
 Every error names its key path (``rate_limit.burst: must be a positive integer, got -3``);
 unknown keys are collected as warnings (fatal under ``check-config --strict``).
+docs/configuration.md is the operator's reference.
+
+Adding an option: give the field a type and a default in its section class below (a new
+section is a ``Section`` subclass plus a field on ``Config``), then document it, commented with
+its default and unit, in ``websocket.yaml`` and in the section's table of
+``docs/configuration.md``; tests/test_config.py fails until both mention it. It is settable
+from the environment as ``WS_<SECTION>_<KEY>`` with no further work. A check that involves
+several fields is a ``model_validator`` raising :class:`FieldError` to blame one of them.
 """
 
 from __future__ import annotations
 
+import copy
+import difflib
 import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from types import UnionType
+from typing import Annotated, Any, Literal, Mapping, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 from pydantic.types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from .errors import ConfigError
+from .httputil import Origin
 
 DEV_SECRET = "switchboard-dev-secret-change-me"
 
 
-class Section(BaseModel):
-    """Base for every config section: frozen, unknown keys kept aside for warnings."""
+class FieldError(ValueError):
+    """Raised by a model validator to blame one of the model's fields: the error's key path
+    then ends with ``key`` (``server.pong_wait: ...`` rather than ``server: ...``)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True)
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+class Section(BaseModel):
+    """Base for every config section: frozen, unknown keys kept aside for warnings, a section
+    left empty in YAML (``presence:`` with nothing under it) takes its defaults, numbers are
+    finite and ``true`` is not a number."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_defaults(cls, data: Any) -> Any:
+        return {} if data is None else data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            kind = _optional_of(cls.model_fields[info.field_name].annotation)
+            if kind is int or kind is float:
+                noun = "an integer" if kind is int else "a number"
+                raise ValueError(f"must be {noun}, got {_describe(value)}")
+        return value
+
+
+def _optional_of(annotation: Any) -> Any:
+    """``X`` for ``X | None`` and for ``Annotated[X, ...]``; anything else unchanged."""
+    if get_origin(annotation) in (Union, UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            annotation = args[0]
+    return get_args(annotation)[0] if get_origin(annotation) is Annotated else annotation
 
 
 def _check_cidrs(values: list[str]) -> list[str]:
@@ -69,9 +117,8 @@ class ServerConfig(Section):
     @model_validator(mode="after")
     def _pong_after_ping(self) -> "ServerConfig":
         if self.pong_wait <= self.ping_period:
-            raise ValueError(
-                f"pong_wait ({self.pong_wait}) must be greater than ping_period ({self.ping_period})"
-            )
+            raise FieldError("pong_wait", f"must be greater than server.ping_period "
+                             f"({self.ping_period:g}), got {self.pong_wait:g}")
         return self
 
 
@@ -89,13 +136,22 @@ class AuthConfig(Section):
     revoked_jtis: list[str] = []
     dev_login: bool = False
 
+    @field_validator("jwks_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("https://", "http://")):
+            raise ValueError(f"must be an http(s) URL, got {v!r}")
+        return v
+
     @model_validator(mode="after")
     def _key_material(self) -> "AuthConfig":
         if self.algorithm.startswith("HS"):
             if not self.secret:
-                raise ValueError(f"auth.secret (or JWT_SECRET) is required for {self.algorithm}")
+                raise FieldError("secret", f"is required for {self.algorithm}: set the JWT_SECRET "
+                                 "environment variable (or auth.secret)")
         elif not (self.public_key_file or self.jwks_url):
-            raise ValueError(f"{self.algorithm} needs auth.public_key_file or auth.jwks_url")
+            raise FieldError("algorithm", f"{self.algorithm} needs a public key: set "
+                             "auth.public_key_file or auth.jwks_url")
         return self
 
 
@@ -105,6 +161,8 @@ class SecurityConfig(Section):
     ip_blacklist_enabled: bool = False
     ip_blacklist: list[str] = []
     check_origin: bool = False
+    # "scheme://host[:port]" (default port implied), "scheme://*.example.com" for any
+    # subdomain (not the apex), or "*" for any origin; see docs/security.md
     allowed_origins: list[str] = []
     max_connections_per_ip: NonNegativeInt = 100
     max_connections_per_user: NonNegativeInt = 10
@@ -114,6 +172,14 @@ class SecurityConfig(Section):
     @classmethod
     def _cidrs(cls, v: list[str]) -> list[str]:
         return _check_cidrs(v)
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _origins(cls, v: list[str]) -> list[str]:
+        for entry in v:
+            if entry != "*":
+                Origin.pattern(entry)
+        return v
 
 
 class TypeRate(Section):
@@ -207,6 +273,7 @@ class MessagesConfig(Section):
     max_message_length: PositiveInt = 4096
     echo_to_sender: bool = True
     max_invalid_frames: PositiveInt = 20
+    invalid_frames_window: PositiveFloat = 60.0
     filter: FilterConfig = FilterConfig()
 
 
@@ -241,6 +308,20 @@ class RedisConfig(Section):
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "switchboard"
 
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_given(cls, v: Any) -> Any:
+        if v is None:  # ``url: null`` in a file: it must come from the environment
+            raise ValueError("is required: set the REDIS_URL environment variable (or backend.redis.url)")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"must be a redis://, rediss:// or unix:// URL, got {_describe(v)}")
+        return v
+
 
 class BackendConfig(Section):
     type: Literal["memory", "redis"] = "memory"
@@ -252,11 +333,24 @@ class PluginsConfig(Section):
 
     enabled: list[str] = ["chat"]
 
+    @model_validator(mode="after")
+    def _sections(self) -> "PluginsConfig":
+        for name, section in (self.model_extra or {}).items():
+            if section is not None and not isinstance(section, dict):
+                raise FieldError(name, f"must be a mapping (the plugin's options), got {_describe(section)}")
+        return self
+
 
 class LoggingConfig(Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
     access_log: bool = True
+
+    @field_validator("level", "format", mode="before")
+    @classmethod
+    def _any_case(cls, v: Any, info: ValidationInfo) -> Any:
+        choices = get_args(cls.model_fields[str(info.field_name)].annotation)
+        return v.lower() if isinstance(v, str) and v.lower() in choices else v
 
 
 class Config(Section):
@@ -283,7 +377,13 @@ class Config(Section):
 # --- loading -------------------------------------------------------------------------------
 
 ENV_PREFIX = "WS_"
-SECTIONS = tuple(sorted(Config.model_fields, key=len, reverse=True))
+#: shorthand variables and the key each sets; a WS_ variable for the same key wins over them
+ENV_SHORTHANDS: dict[str, tuple[str, ...]] = {"JWT_SECRET": ("auth", "secret"),
+                                              "REDIS_URL": ("backend", "redis", "url")}
+#: the shortest HMAC secret RFC 7518 (section 3.2) allows, in bytes
+_HMAC_MIN_BYTES = {"HS256": 32, "HS384": 48, "HS512": 64}
+
+KeyPath = tuple[str, ...]
 
 
 @dataclass
@@ -291,114 +391,348 @@ class LoadedConfig:
     config: Config
     path: Path | None
     warnings: list[str] = field(default_factory=list)
+    #: the environment variables that set something (names only: values may be secrets)
+    env: list[str] = field(default_factory=list)
 
 
 def _describe(value: Any) -> str:
+    """A value as an operator wrote it: YAML's null, true and false; strings quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     text = repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _format_error(err: Mapping[str, Any]) -> str:
-    kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
-    if kind == "missing":
+def _is_model(kind: Any) -> bool:
+    return isinstance(kind, type) and issubclass(kind, BaseModel)
+
+
+def _field_type(root: Any, loc: tuple[Any, ...]) -> Any:
+    """The type declared at ``loc`` under the model ``root``; None when it cannot tell."""
+    kind = root
+    for part in loc:
+        kind = _optional_of(kind)
+        if _is_model(kind):
+            info = kind.model_fields.get(str(part))
+            if info is None:
+                return None
+            kind = info.annotation
+        elif get_origin(kind) in (dict, list):
+            kind = get_args(kind)[-1]
+        else:
+            return None
+    return _optional_of(kind)
+
+
+_MUST_BE = {
+    "int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+    "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+    "bool_type": "true or false", "bool_parsing": "true or false", "string_type": "a string",
+    "list_type": "a list", "dict_type": "a mapping", "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+}
+
+
+def _format_error(err: Mapping[str, Any], kind: Any = None) -> str:
+    """One pydantic error as the rest of a ``key.path: ...`` line; ``kind`` is the field's
+    declared type when known (it picks "integer" or "number")."""
+    code, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
+    got = f", got {_describe(value)}"
+    if code == "missing":
         return "is required"
-    if kind == "greater_than" and ctx.get("gt") == 0:
-        noun = "integer" if isinstance(value, int) else "number"
-        return f"must be a positive {noun}, got {_describe(value)}"
-    if kind == "greater_than_equal" and ctx.get("ge") == 0:
-        return f"must be zero or more, got {_describe(value)}"
-    if kind in ("int_type", "int_parsing", "int_from_float"):
-        return f"must be an integer, got {_describe(value)}"
-    if kind in ("float_type", "float_parsing"):
-        return f"must be a number, got {_describe(value)}"
-    if kind in ("bool_type", "bool_parsing"):
-        return f"must be true or false, got {_describe(value)}"
-    if kind == "string_type":
-        return f"must be a string, got {_describe(value)}"
-    if kind == "list_type":
-        return f"must be a list, got {_describe(value)}"
-    if kind in ("dict_type", "model_type", "model_attributes_type"):
-        return f"must be a mapping, got {_describe(value)}"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}, got {_describe(value)}"
-    if kind == "value_error":
+    if code == "extra_forbidden":
+        return "unknown key"
+    if code == "invalid_key":
+        return "keys must be strings"
+    if code == "value_error":
         return str(ctx.get("error", err["msg"]))
-    return f"{err['msg'][0].lower()}{err['msg'][1:]}, got {_describe(value)}"
+    if code in _MUST_BE:
+        hint = " (a key with nothing after it is null; write [] for an empty list)" \
+            if code == "list_type" and value is None else ""
+        return f"must be {_MUST_BE[code]}{got}{hint}"
+    if code == "literal_error":
+        return f"must be one of {ctx.get('expected')}{got}"
+    if code == "greater_than" and ctx.get("gt") == 0:
+        integer = kind is int or (kind is None and isinstance(value, int))
+        return f"must be a positive {'integer' if integer else 'number'}{got}"
+    if code == "greater_than_equal" and ctx.get("ge") == 0:
+        return f"must be zero or more{got}"
+    bounds = {"greater_than": "greater than", "greater_than_equal": "at least",
+              "less_than": "less than", "less_than_equal": "at most"}
+    if code in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"must be {bounds[code]} {limit}{got}"
+    if code in ("string_too_short", "string_too_long"):
+        size = ctx.get("min_length") if code == "string_too_short" else ctx.get("max_length")
+        return f"must be {'at least' if code == 'string_too_short' else 'at most'} {size} " \
+               f"character(s) long{got}"
+    return f"{err['msg'][0].lower()}{err['msg'][1:]}{got}"
 
 
 def _key_path(loc: tuple[Any, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    """``('rate_limit', 'burst')`` -> ``rate_limit.burst``; list positions as ``[0]``."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) and text else f".{part}" if text else str(part)
+    return text or "(top level)"
+
+
+def _message(err: Mapping[str, Any], prefix: tuple[Any, ...], root: Any,
+             sources: Mapping[KeyPath, str]) -> str:
+    loc = tuple(err["loc"])
+    blamed = (err.get("ctx") or {}).get("error")
+    if isinstance(blamed, FieldError):
+        loc += (blamed.key,)
+    text = f"{_key_path(prefix + loc)}: {_format_error(err, _field_type(root, loc))}"
+    var = next((name for path, name in sources.items() if loc[:len(path)] == path), None)
+    return f"{text} (from {var})" if var else text
 
 
 def validation_messages(exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
-    return [f"{_key_path(prefix + tuple(e['loc']))}: {_format_error(e)}" for e in exc.errors()]
+    """Each error of ``exc`` as ``key.path: problem``, the path under ``prefix``."""
+    return [_message(e, prefix, None, {}) for e in exc.errors()]
 
 
-def _unknown_keys(model: BaseModel, path: tuple[str, ...] = ()) -> list[str]:
+# --- reading the file ------------------------------------------------------------------------
+
+_TOP_LEVEL_NOUNS = {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}
+
+
+def _read(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """The file's top-level mapping and the errors YAML lets pass (keys given twice). Raises
+    ConfigError when the file cannot be read or parsed."""
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{source}: not UTF-8 text (bad byte at offset {exc.start})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: YAML syntax error{_yaml_problem(exc)}"]) from None
+    finally:
+        loader.dispose()
+    if node is None or data is None:
+        return {}, []
+    if not isinstance(data, dict):
+        noun = _TOP_LEVEL_NOUNS.get(type(data), type(data).__name__)
+        raise ConfigError([f"{source}: must be a mapping of sections (server:, auth:, ...), got {noun}"])
+    return data, _twice(node, (), set())
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """`` at line 3, column 2: <problem> (<context>, line 1)``; lines and columns from 1."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    text = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    text += f": {getattr(exc, 'problem', None) or exc}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        text += f" ({context}, line {context_mark.line + 1})" if context_mark else f" ({context})"
+    return text
+
+
+def _twice(node: yaml.Node, path: KeyPath, seen: set[int]) -> list[str]:
+    """Keys given twice in one mapping (YAML would silently keep the last)."""
+    if id(node) in seen:
+        return []
+    seen.add(id(node))
     found: list[str] = []
-    if isinstance(model, PluginsConfig):
-        extra_ok = True  # plugin sections are checked by the registry against each plugin's model
-    else:
-        extra_ok = False
-    if model.model_extra and not extra_ok:
-        found += [_key_path(path + (k,)) for k in model.model_extra]
-    for name in type(model).model_fields:
-        value = getattr(model, name)
-        if isinstance(value, BaseModel):
-            found += _unknown_keys(value, path + (name,))
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                if isinstance(v, BaseModel):
-                    found += _unknown_keys(v, path + (name, str(k)))
+    if isinstance(node, yaml.MappingNode):
+        lines: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value) if isinstance(key, yaml.ScalarNode) else "?"
+            line = key.start_mark.line + 1
+            if name in lines and name != "<<":
+                found.append(f"{_key_path(path + (name,))}: given twice (lines {lines[name]} and "
+                             f"{line}); keep one")
+            lines.setdefault(name, line)
+            found += _twice(value, path + (name,), seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            found += _twice(item, path, seen)
     return found
 
 
-def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+# --- the environment -------------------------------------------------------------------------
+
+def _resolve(model: Any, rest: str) -> tuple[KeyPath, Any] | None:
+    """The key path and type of the option spelt ``rest`` (lowercase, after ``WS_``) under
+    ``model``: ``rate_limit_messages_per_minute`` -> ``('rate_limit', 'messages_per_minute')``,
+    ``backend_redis_url`` -> ``('backend', 'redis', 'url')``. Only options, not whole sections."""
+    fields = model.model_fields
+    if rest in fields and not _is_model(fields[rest].annotation):
+        return (rest,), fields[rest].annotation
+    for name in sorted(fields, key=len, reverse=True):
+        kind = fields[name].annotation
+        if rest.startswith(name + "_") and _is_model(kind):
+            found = _resolve(kind, rest[len(name) + 1:])
+            if found is not None:
+                return (name, *found[0]), found[1]
+    return None
+
+
+def _env_names(model: Any, prefix: str) -> list[str]:
+    """Every ``WS_`` variable name ``model`` accepts (for "did you mean")."""
+    names: list[str] = []
+    for name, info in model.model_fields.items():
+        spelt = f"{prefix}_{name.upper()}"
+        names += _env_names(info.annotation, spelt) if _is_model(info.annotation) else [spelt]
+    return names
+
+
+def _yaml_value(text: str) -> Any:
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{source}: YAML syntax error{where}: {problem}"]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError([f"{source}: the top level must be a mapping, got {type(data).__name__}"])
-    return data
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
 
 
-def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> tuple[list[str], list[str]]:
-    """Apply ``WS_<SECTION>_<KEY>``, ``JWT_SECRET`` and ``REDIS_URL`` onto ``raw`` in place.
+def _env_value(text: str, annotation: Any) -> Any:
+    """An environment string as the option's type wants it: strings verbatim (empty is null for
+    an optional one), lists comma-separated or in YAML flow style (``[a, b]``), anything else
+    (numbers, booleans, mappings) read as YAML."""
+    kind = _optional_of(annotation)
+    if kind is str:
+        return None if text == "" and kind is not annotation else text
+    if get_origin(kind) is list and not text.lstrip().startswith("["):
+        return [item.strip() for item in text.split(",") if item.strip()]
+    return _yaml_value(text)
 
-    Returns (errors, warnings).
-    """
-    errors: list[str] = []
-    warnings: list[str] = []
-    if env.get("JWT_SECRET"):
-        raw.setdefault("auth", {})["secret"] = env["JWT_SECRET"]
-    if env.get("REDIS_URL"):
-        raw.setdefault("backend", {}).setdefault("redis", {})["url"] = env["REDIS_URL"]
-    for name, value in sorted(env.items()):
+
+def _plugin_names(raw: dict[str, Any]) -> dict[str, str]:
+    """Plugins that may take ``WS_PLUGINS_<NAME>_<KEY>``: the enabled ones and those with a
+    section, by their spelling in a variable name."""
+    section = raw.get("plugins")
+    section = section if isinstance(section, dict) else {}
+    enabled = section.get("enabled", PluginsConfig.model_fields["enabled"].default)
+    names = [n for n in section if n != "enabled"]
+    names += [n for n in enabled if isinstance(n, str) and ":" not in n] if isinstance(enabled, list) else []
+    return {str(n).lower().replace("-", "_"): str(n) for n in names}
+
+
+def _plugin_path(var: str, plugins: Mapping[str, str]) -> KeyPath | None:
+    rest = var[len(ENV_PREFIX):].lower()
+    if not rest.startswith("plugins_"):
+        return None
+    rest = rest[len("plugins_"):]
+    for spelt in sorted(plugins, key=len, reverse=True):
+        if rest.startswith(spelt + "_") and len(rest) > len(spelt) + 1:
+            return "plugins", plugins[spelt], rest[len(spelt) + 1:]
+    return None
+
+
+def _put(raw: dict[str, Any], path: KeyPath, value: Any) -> bool:
+    """Set ``path`` in ``raw``, creating mappings on the way; a mapping value is merged. False
+    when the file has something other than a mapping on the way (validation reports that)."""
+    target = raw
+    for key in path[:-1]:
+        if target.get(key) is None:
+            target[key] = {}
+        target = target[key]
+        if not isinstance(target, dict):
+            return False
+    if isinstance(value, dict) and isinstance(target.get(path[-1]), dict):
+        _deep_merge(target[path[-1]], value)
+    else:
+        target[path[-1]] = value
+    return True
+
+
+def apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> tuple[dict[KeyPath, str], list[str]]:
+    """Apply ``JWT_SECRET`` and ``REDIS_URL``, then ``WS_<SECTION>_<KEY>`` (and
+    ``WS_PLUGINS_<PLUGIN>_<KEY>``) onto ``raw`` in place. Returns the key path each variable
+    set and a warning for each ``WS_`` variable that matches no option."""
+    sources: dict[KeyPath, str] = {}
+    for name, path in ENV_SHORTHANDS.items():
+        if env.get(name) and _put(raw, path, env[name]):
+            sources[path] = name
+    unmatched: list[str] = []
+    for name in sorted(env):
         if not name.startswith(ENV_PREFIX):
             continue
-        rest = name[len(ENV_PREFIX):].lower()
-        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
-        key = rest[len(section) + 1:] if section else ""
-        model = Config.model_fields[section].annotation if section else None
-        if not section or not key or key not in getattr(model, "model_fields", {}):
-            warnings.append(f"{name}: no such setting (expected WS_<SECTION>_<KEY>)")
+        found = _resolve(Config, name[len(ENV_PREFIX):].lower())
+        if found is None:
+            unmatched.append(name)
+        elif _put(raw, found[0], _env_value(env[name], found[1])):
+            sources[found[0]] = name
+    warnings: list[str] = []
+    plugins = _plugin_names(raw)
+    for name in unmatched:
+        plugin_path = _plugin_path(name, plugins)
+        if plugin_path is None:
+            close = difflib.get_close_matches(name, _env_names(Config, "WS"), n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else " (the form is WS_<SECTION>_<KEY>)"
+            warnings.append(f"{name}: environment variable matches no setting{hint}")
+        elif _put(raw, plugin_path, _yaml_value(env[name])):
+            sources[plugin_path] = name
+    return sources, warnings
+
+
+# --- checks beyond the types -----------------------------------------------------------------
+
+def _unknown_keys(raw: Any, model: Any, path: KeyPath = ()) -> list[str]:
+    """Keys of ``raw`` that ``model`` does not declare, with the nearest known key as a hint.
+    Plugin sections are left to each plugin's own model."""
+    if not isinstance(raw, dict):
+        return []
+    fields = model.model_fields
+    found: list[str] = []
+    for key, value in raw.items():
+        info = fields.get(key) if isinstance(key, str) else None
+        if info is None:
+            if model is not PluginsConfig:
+                close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.7)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                what = "unknown section" if model is Config else "unknown key"
+                found.append(f"{_key_path(path + (str(key),))}: {what}{hint}")
             continue
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        target = raw.setdefault(section, {})
-        if not isinstance(target, dict):
-            errors.append(f"{section}: must be a mapping to take {name}")
-            continue
-        target[key] = parsed
-    return errors, warnings
+        kind = _optional_of(info.annotation)
+        if _is_model(kind):
+            found += _unknown_keys(value, kind, path + (key,))
+        elif get_origin(kind) is dict and _is_model(get_args(kind)[1]) and isinstance(value, dict):
+            for name, item in value.items():
+                found += _unknown_keys(item, get_args(kind)[1], path + (key, str(name)))
+    return found
+
+
+def _advice(config: Config) -> list[str]:
+    """Settings that are valid but almost certainly not what the operator meant."""
+    auth, sec = config.auth, config.security
+    found: list[str] = []
+    need = _HMAC_MIN_BYTES.get(auth.algorithm, 0)
+    if auth.secret and len(auth.secret.encode()) < need:
+        found.append(f"auth.secret: {len(auth.secret.encode())} bytes is too short for {auth.algorithm}; "
+                     f"use at least {need} random bytes (RFC 7518, section 3.2)")
+    if auth.jwks_url and auth.jwks_url.startswith("http://"):
+        found.append("auth.jwks_url: plain http lets anyone on the way swap the signing keys; use https")
+    if auth.jwks_url and auth.public_key_file:
+        found.append("auth.public_key_file: ignored, because auth.jwks_url is set")
+    if sec.ip_whitelist_enabled and not sec.ip_whitelist:
+        found.append("security.ip_whitelist: empty while ip_whitelist_enabled is true, so every "
+                     "connection is refused")
+    if sec.check_origin and not sec.allowed_origins:
+        found.append("security.allowed_origins: empty while check_origin is true, so every "
+                     "connection is refused")
+    return found
+
+
+# --- load_config -----------------------------------------------------------------------------
+
+def _overridden(overrides: Mapping[str, Any], path: KeyPath) -> bool:
+    node: Any = overrides
+    for key in path:
+        if not isinstance(node, Mapping):
+            return True
+        if key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def load_config(
@@ -407,31 +741,26 @@ def load_config(
     *,
     overrides: Mapping[str, Any] | None = None,
 ) -> LoadedConfig:
-    """Load and validate the config: file (optional), then ``overrides`` (a nested mapping,
-    for tests and the CLI), then the environment. Raises ``ConfigError`` listing every error."""
+    """Load and validate the config. Later layers win: the built-in defaults, the file (when
+    ``path`` is given), the environment (``env``, default ``os.environ``), then ``overrides``
+    (a nested mapping: command-line flags, tests). Raises ``ConfigError`` listing every error,
+    with the warnings found so far."""
     env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
-    source = "<defaults>"
-    file_path: Path | None = None
-    if path is not None:
-        file_path = Path(path)
-        source = str(file_path)
-        try:
-            text = file_path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([f"{source}: cannot read: {exc.strerror or exc}"]) from None
-        raw = _parse_yaml(text, source)
+    file_path = Path(path) if path is not None else None
+    raw, errors = _read(file_path) if file_path is not None else ({}, [])
+    sources, warnings = apply_env(raw, env)
     if overrides:
-        _deep_merge(raw, overrides)
-    errors, warnings = apply_env(raw, env)
+        _deep_merge(raw, copy.deepcopy(dict(overrides)))
+        sources = {p: name for p, name in sources.items() if not _overridden(overrides, p)}
+    warnings += _unknown_keys(raw, Config)
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(errors + validation_messages(exc), warnings) from None
+        errors += [_message(e, (), Config, sources) for e in exc.errors()]
+        raise ConfigError(errors, warnings) from None
     if errors:
         raise ConfigError(errors, warnings)
-    warnings += [f"{key}: unknown key" for key in _unknown_keys(config)]
-    return LoadedConfig(config, file_path, warnings)
+    return LoadedConfig(config, file_path, warnings + _advice(config), sorted(set(sources.values())))
 
 
 def _deep_merge(into: dict[str, Any], other: Mapping[str, Any]) -> None:

@@ -28,7 +28,6 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self.by_user: dict[str, dict[str, Connection]] = {}
         self.by_room: dict[str, dict[str, Connection]] = {}
-        self.by_ip: dict[str, int] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
 
@@ -36,7 +35,6 @@ class Hub:
     def add(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
         self.by_user.setdefault(conn.user.id, {})[conn.id] = conn
-        self.by_ip[conn.remote] = self.by_ip.get(conn.remote, 0) + 1
 
     def remove(self, conn: Connection) -> None:
         if self.connections.pop(conn.id, None) is None:
@@ -48,11 +46,6 @@ class Hub:
                 del self.by_user[conn.user.id]
         for room in conn.rooms:
             self._unsubscribe(room, conn)
-        left = self.by_ip.get(conn.remote, 1) - 1
-        if left:
-            self.by_ip[conn.remote] = left
-        else:
-            self.by_ip.pop(conn.remote, None)
 
     def subscribe(self, room: str, conn: Connection) -> None:
         conn.rooms.add(room)
@@ -74,9 +67,6 @@ class Hub:
 
     def count_user(self, user_id: str) -> int:
         return len(self.by_user.get(user_id, ()))
-
-    def count_ip(self, ip: str) -> int:
-        return self.by_ip.get(ip, 0)
 
     # --- fan-out ------------------------------------------------------------------------
     def deliver(self, kind: TargetKind, key: str, payload: bytes, exclude: str | None = None,

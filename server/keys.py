@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 if TYPE_CHECKING:
+    from .middleware.upgrade import Lease
     from .pipeline import Pipeline
     from .registry import Registry
     from .services import Services
@@ -19,3 +20,5 @@ PIPELINE: web.AppKey["Pipeline"] = web.AppKey("switchboard_pipeline")
 CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("switchboard_claims", dict)
 #: the client's address after trusted-proxy resolution
 CLIENT_IP: web.RequestKey[str] = web.RequestKey("switchboard_client_ip", str)
+#: the upgrade's slot in the connection caps, held until the handler returns
+LEASE: web.RequestKey["Lease"] = web.RequestKey("switchboard_lease")

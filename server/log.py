@@ -1,56 +1,110 @@
-"""structlog set-up: JSON lines off a TTY, a readable console on one; and an access logger that
-writes the path without its query string, so a ``?token=`` never reaches a log line."""
+"""structlog set-up: JSON lines off a TTY, a readable console on one, for structlog's events and
+the standard library's (aiohttp, asyncio, warnings) alike; and an access logger that writes the
+path without its query string.
+
+Tokens never reach a log line: the access log has no query string, secret-named fields are
+redacted, and every rendered string (messages, exception text) has ``token=...``, ``Bearer ...``
+and JWT-shaped values masked, in case a library quotes a request line.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
+from aiohttp import http_exceptions
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.web import BaseRequest, StreamResponse
 
 from .config import LoggingConfig
+from .keys import CLIENT_IP
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
-_SECRET_KEYS = {"token", "authorization", "api_key", "x-api-key", "secret", "password"}
+_SECRET_KEYS = frozenset({"token", "authorization", "api_key", "x-api-key", "secret", "password"})
+REDACTED = "[redacted]"
+_SECRET_TEXT = re.compile(
+    r"(?P<prefix>token=|bearer\s+)[^\s&'\"\\]+"  # query parameter or Authorization value
+    r"|eyJ[\w-]+\.[\w-]+(?:\.[\w-]*)?",  # a JWT (or the start of one), wherever it appears
+    re.IGNORECASE,
+)
+_HANDLER_NAME = "switchboard"
+
+
+def scrub(text: str) -> str:
+    """``text`` with tokens masked."""
+    return _SECRET_TEXT.sub(lambda m: (m.group("prefix") or "") + REDACTED, text)
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    for key in list(event):
+    for key, value in event.items():
         if key.lower() in _SECRET_KEYS:
-            event[key] = "[redacted]"
+            event[key] = REDACTED
+        elif isinstance(value, str):
+            event[key] = scrub(value)
     return event
 
 
-def configure_logging(config: LoggingConfig, stream: Any = None) -> None:
+class _ClientErrorsAsWarnings(logging.Filter):
+    """aiohttp logs a malformed HTTP request at error level; it is the client's mistake."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.levelno > logging.WARNING and isinstance(exc, http_exceptions.HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> None:
+    """Configure structlog and the standard library's root logger to write to ``stream``
+    (stderr): JSON lines, or a console format when ``logging.format`` is ``console`` or
+    ``auto`` on a TTY."""
     stream = stream or sys.stderr
     fmt = config.format
     if fmt == "auto":
-        fmt = "console" if getattr(stream, "isatty", lambda: False)() else "json"
+        fmt = "console" if stream.isatty() else "json"
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=True) if fmt == "console"
                      else structlog.processors.JSONRenderer())
+    # exceptions become text here, before the scrub; the console renderer then prints that text
+    # instead of a rich traceback with local variables (where a token would show)
+    finish = [structlog.processors.format_exc_info, _redact, renderer]
+    level = _LEVELS[config.level]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            _redact,
-            structlog.processors.format_exc_info if fmt == "json" else (lambda _, __, e: e),
-            renderer,
+            *finish,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[config.level]),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
-    # aiohttp's own loggers (server errors) go through the standard library
-    logging.basicConfig(level=_LEVELS[config.level], stream=stream, format="%(message)s")
+    handler = logging.StreamHandler(stream)
+    handler.set_name(_HANDLER_NAME)
+    handler.addFilter(_ClientErrorsAsWarnings())
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+        ],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finish],
+    ))
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    logging.captureWarnings(True)
 
 
 class AccessLogger(AbstractAccessLogger):
-    """Logs method, path (never the query string), status, size and duration."""
+    """Logs method, path (never the query string), status, size, duration and client address."""
 
     def __init__(self, logger: logging.Logger, log_format: str) -> None:
         super().__init__(logger, log_format)
@@ -59,7 +113,8 @@ class AccessLogger(AbstractAccessLogger):
     def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
         self._log.info(
             "http_request", method=request.method, path=request.path, status=response.status,
-            bytes=response.body_length, duration=round(time, 4), remote=request.remote,
+            bytes=response.body_length, duration=round(time, 4),
+            remote=request.get(CLIENT_IP) or request.remote,
         )
 
     @property

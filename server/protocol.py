@@ -6,7 +6,9 @@ A leaf module: the per-message hot path, so it stays small and allocation-light.
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -86,34 +88,87 @@ class Envelope:
     payload: Any = None  # the plugin-schema-validated ``data`` (a pydantic model or dict)
 
 
-def decode(text: str | bytes) -> Envelope:
-    """Decode one client text frame into an Envelope or raise MessageRejected."""
+# A run of digits that may be an integer orjson cannot hold (it keeps int64..uint64 exact and
+# silently turns wider integers into floats): only then is the frame parsed a second time.
+_WIDE_DIGITS = re.compile(r"-\d{19}|\d{20}")
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
+               float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def _exact_int(text: str) -> int:
+    if len(text) > 21 or not _INT_MIN <= (value := int(text)) <= _INT_MAX:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits does not fit in 64 bits")
+    return value
+
+
+def json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for error messages."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def parse_json(text: str) -> dict[str, Any]:
+    """Decode one client text frame into a JSON object, or raise ``INVALID_JSON``.
+
+    Every way a frame can fail maps to ``INVALID_JSON``: syntax, NaN/Infinity, numbers out of
+    the double range (1e999, a 5000-digit integer), nesting deeper than 1024 levels, lone
+    surrogates, integers outside int64..uint64 (which orjson would round to a float), and a
+    valid document that is not an object.
+    """
     try:
         obj = orjson.loads(text)
-    except Exception:  # orjson raises JSONDecodeError for all of: syntax, depth, NaN, huge ints
-        raise MessageRejected(ErrorCode.INVALID_JSON, "frame is not valid JSON") from None
+        if _WIDE_DIGITS.search(text):
+            json.loads(text, parse_int=_exact_int)
+    except RecursionError:
+        raise MessageRejected(ErrorCode.INVALID_JSON,
+                              "frame is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # orjson.JSONDecodeError is one
+        raise MessageRejected(ErrorCode.INVALID_JSON, f"frame is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
-        raise MessageRejected(ErrorCode.INVALID_JSON, "frame is not a JSON object")
+        raise MessageRejected(ErrorCode.INVALID_JSON,
+                              f"frame must be a JSON object, got {json_type(obj)}")
+    return obj
+
+
+def frame_id(obj: dict[str, Any]) -> str | None:
+    """The client's ``id`` of a decoded frame, for ``reply_to``, even when the rest is invalid."""
+    fid = obj.get("id")
+    return fid if isinstance(fid, str) else None
+
+
+def _not_text(key: str, value: Any) -> MessageRejected:
+    got = "an empty string" if value == "" else json_type(value)
+    return MessageRejected(ErrorCode.INVALID_MESSAGE, f"'{key}' must be a non-empty string, got {got}")
+
+
+def _text(obj: dict[str, Any], key: str) -> str | None:
+    """An optional string field: absent or null is None; anything but a non-empty string is
+    ``INVALID_MESSAGE``."""
+    value = obj.get(key)
+    if value is not None and (not isinstance(value, str) or not value):
+        raise _not_text(key, value)
+    return value
+
+
+def envelope(obj: dict[str, Any]) -> Envelope:
+    """Check the envelope fields of a decoded frame (PROTOCOL §2), or raise ``INVALID_MESSAGE``.
+    Unknown top-level fields are ignored; a null optional field counts as absent."""
     type_ = obj.get("type")
+    if type_ is None:
+        raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'type' is required")
     if not isinstance(type_, str) or not type_:
-        raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'type' is required and must be a string")
+        raise _not_text("type", type_)
     fid = obj.get("id")
     if fid is not None and not isinstance(fid, str):
-        if isinstance(fid, int) and not isinstance(fid, bool):
-            fid = str(fid)
-        else:
-            raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'id' must be a string")
-    room = obj.get("room")
-    if room is not None and (not isinstance(room, str) or not room):
-        raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'room' must be a non-empty string", )
-    to = obj.get("to")
-    if to is not None and (not isinstance(to, str) or not to):
-        raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'to' must be a non-empty string")
+        raise MessageRejected(ErrorCode.INVALID_MESSAGE, f"'id' must be a string, got {json_type(fid)}")
+    room = _text(obj, "room")
+    to = _text(obj, "to")
     data = obj.get("data")
     if data is None:
         data = {}
     elif not isinstance(data, dict):
-        raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'data' must be an object")
+        raise MessageRejected(ErrorCode.INVALID_MESSAGE,
+                              f"'data' must be an object, got {json_type(data)}")
     return Envelope(type_, fid, room, to, data)
 
 

@@ -2,28 +2,107 @@
 
 Plugins are found through the ``switchboard.plugins`` entry-point group (the built-in ones
 register there too) or, for development, by a ``module:Class`` import path in
-``plugins.enabled``. Every problem fails startup with a message naming the plugin and type.
+``plugins.enabled``. Everything that can be checked without running the server is checked in
+:meth:`Registry.classes` (also used by ``check-config``); every problem fails startup with a
+message naming the plugin and, where there is one, the type or hook.
 """
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import inspect
+import re
 from dataclasses import dataclass
-from importlib.metadata import entry_points
-from typing import Any, Awaitable, Callable
+from importlib.metadata import EntryPoint, entry_points
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping
 
-from pydantic import BaseModel, ValidationError
+import structlog
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .config import Config, validation_messages
 from .errors import ConfigError, MessageRejected, PluginError
 from .plugin_api import HANDLER_ATTR, Context, HandlesSpec, Plugin, Stage
 from .protocol import ErrorCode
 
+if TYPE_CHECKING:
+    from .services import Services
+
+log = structlog.get_logger(__name__)
+
 ENTRY_POINT_GROUP = "switchboard.plugins"
-CORE_TYPES = {"ping": "client keep-alive; answered with pong",
-              "auth": "first-frame authentication; answered with connected",
-              "refresh": "a new token for the same sub; answered with refreshed"}
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_TYPE = re.compile(r"[A-Za-z0-9_.:-]+")
+#: lifecycle hook -> the parameters it is called with after ``self``
+HOOKS: dict[str, tuple[str, ...]] = {"on_startup": (), "on_connect": ("ctx",),
+                                     "on_disconnect": ("ctx",), "on_shutdown": ()}
+
+
+# --- the core's own types, listed in GET /api/protocol like any plugin's ---------------------
+class _Empty(BaseModel):
+    pass
+
+
+class _Token(BaseModel):
+    token: str
+
+
+class _Expiry(BaseModel):
+    expires_at: int | None
+
+
+class _Heartbeat(BaseModel):
+    interval: float
+    timeout: float
+
+
+class _PublicUser(BaseModel):
+    id: str
+    username: str
+
+
+class _Connected(BaseModel):
+    connection_id: str
+    user: _PublicUser
+    online_count: int
+    rooms: list[str]
+    heartbeat: _Heartbeat
+    expires_at: int | None
+    node: str
+
+
+class _Ack(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None
+    offset: str | None = None
+
+
+class _Error(BaseModel):
+    code: str
+    message: str
+    retry_after: float | None = None
+
+
+class _Membership(BaseModel):
+    room: str
+    user: _PublicUser
+    members_count: int
+
+
+CORE_TYPES: dict[str, tuple[type[BaseModel], str]] = {
+    "ping": (_Empty, "client keep-alive; answered with pong"),
+    "auth": (_Token, "first-frame authentication; answered with connected"),
+    "refresh": (_Token, "a new token for the same sub; answered with refreshed"),
+}
+CORE_EMITS: dict[str, tuple[type[BaseModel], str]] = {
+    "connected": (_Connected, "the first frame after the upgrade and authentication"),
+    "pong": (_Empty, "answers ping"),
+    "refreshed": (_Expiry, "answers refresh"),
+    "ack": (_Ack, "a client frame was accepted; the fields depend on the type"),
+    "error": (_Error, "a client frame was refused; the connection stays open"),
+    "user_joined": (_Membership, "another user joined a room of this connection"),
+    "user_left": (_Membership, "another user's last connection left a room of this connection"),
+}
 
 
 @dataclass(frozen=True)
@@ -31,7 +110,7 @@ class Handler:
     type: str
     plugin: Plugin
     func: Callable[[Context, Any], Awaitable[None]]
-    schema: type[BaseModel] | None
+    schema: builtins.type[BaseModel] | None
     description: str
 
     def validate(self, data: dict[str, Any]) -> Any:
@@ -43,18 +122,19 @@ class Handler:
             detail = "; ".join(validation_messages(exc, ("data",)))
             raise MessageRejected(ErrorCode.INVALID_MESSAGE, detail) from None
 
-    def json_schema(self) -> dict[str, Any]:
-        if self.schema is None:
-            return {"type": "object"}
-        return self.schema.model_json_schema()
+
+def _json_schema(schema: type[BaseModel] | None) -> dict[str, Any]:
+    return {"type": "object"} if schema is None else schema.model_json_schema()
 
 
-def available_plugins() -> dict[str, Any]:
+# --- loading ----------------------------------------------------------------------------------
+def available_plugins() -> dict[str, EntryPoint]:
     """Entry points of the ``switchboard.plugins`` group, by name."""
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def _load_class(name: str, eps: dict[str, Any]) -> type[Plugin]:
+def load_plugin_class(name: str, eps: dict[str, EntryPoint]) -> type[Plugin]:
+    """The class of ``name``: an entry point of the group, or a ``module:Class`` path."""
     if name in eps:
         try:
             obj = eps[name].load()
@@ -64,33 +144,24 @@ def _load_class(name: str, eps: dict[str, Any]) -> type[Plugin]:
         module, _, attr = name.partition(":")
         try:
             obj = getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as exc:
-            raise PluginError(f"plugin {name!r}: cannot import: {exc}") from exc
+        except Exception as exc:
+            raise PluginError(f"plugin {name!r}: cannot import: {type(exc).__name__}: {exc}") from exc
     else:
         known = ", ".join(sorted(eps)) or "none installed"
-        raise PluginError(f"plugins.enabled: unknown plugin {name!r} (available: {known})")
+        raise PluginError(f"plugins.enabled: unknown plugin {name!r} (installed: {known})")
     if not (isinstance(obj, type) and issubclass(obj, Plugin)):
         raise PluginError(f"plugin {name!r}: {obj!r} is not a subclass of server.plugin_api.Plugin")
-    if not obj.name:
-        raise PluginError(f"plugin {name!r}: class {obj.__name__} has no 'name'")
+    if not isinstance(obj.name, str) or not _NAME.fullmatch(obj.name) or obj.name == "core":
+        raise PluginError(f"plugin {name!r}: class {obj.__name__} needs a 'name' of letters, digits, "
+                          f"'_' or '-' other than 'core', got {obj.name!r}")
+    if name in eps and obj.name != name:
+        raise PluginError(f"plugin {name!r}: entry point {name!r} loads class {obj.__name__} named "
+                          f"{obj.name!r}; the two names must be the same")
     return obj
 
 
-def _check_handler(plugin: str, spec: HandlesSpec, func: Any) -> None:
-    where = f"plugin {plugin!r}, type {spec.type!r} ({func.__qualname__})"
-    if not inspect.iscoroutinefunction(func):
-        raise PluginError(f"{where}: handler must be 'async def', got a plain function")
-    params = list(inspect.signature(func).parameters.values())
-    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    required_extra = [p for p in params[3:] if p.default is p.empty
-                      and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    if len(positional) < 3 or required_extra:
-        raise PluginError(f"{where}: handler signature must be (self, ctx, data), got {inspect.signature(func)}")
-    if spec.schema is not None and not (isinstance(spec.schema, type) and issubclass(spec.schema, BaseModel)):
-        raise PluginError(f"{where}: schema must be a pydantic BaseModel subclass, got {spec.schema!r}")
-
-
 def plugin_config(cls: type[Plugin], config: Config) -> Any:
+    """The plugin's ``plugins.<name>`` section, validated against its ``Config`` model."""
     section = config.plugin_section(cls.name)
     if cls.Config is None:
         return section
@@ -100,40 +171,127 @@ def plugin_config(cls: type[Plugin], config: Config) -> Any:
         raise ConfigError(validation_messages(exc, ("plugins", cls.name))) from None
 
 
+# --- checking ---------------------------------------------------------------------------------
+def _signature_error(func: Any, params: tuple[str, ...]) -> str | None:
+    """None when ``func`` is an ``async def`` callable as ``func(self, *params)``."""
+    if not inspect.iscoroutinefunction(func):
+        return f"must be 'async def', got {getattr(func, '__qualname__', repr(func))}"
+    signature = inspect.signature(func)
+    try:
+        signature.bind(*([None] * (len(params) + 1)))
+    except TypeError:
+        return f"{func.__qualname__}{signature} must take ({', '.join(('self', *params))})"
+    return None
+
+
+def _check_model(where: str, what: str, schema: Any) -> None:
+    if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+        raise PluginError(f"{where}: {what} must be a pydantic BaseModel subclass or None, got {schema!r}")
+
+
+def _check_type(where: str, type_: Any) -> None:
+    if not isinstance(type_, str) or not _TYPE.fullmatch(type_):
+        raise PluginError(f"{where}: a type must be a non-empty string of letters, digits and "
+                          f"'_.:-', got {type_!r}")
+
+
+def _handlers_of(cls: type[Plugin]) -> list[tuple[str, HandlesSpec]]:
+    """(attribute name, spec) of every handler the class declares, each checked."""
+    found: list[tuple[str, HandlesSpec]] = []
+    for attr in dir(cls):
+        func = getattr(cls, attr, None)
+        for spec in getattr(func, HANDLER_ATTR, ()):
+            where = f"plugin {cls.name!r}, type {spec.type!r}"
+            _check_type(f"plugin {cls.name!r}", spec.type)
+            problem = _signature_error(func, ("ctx", "data"))
+            if problem:
+                raise PluginError(f"{where}: handler {problem}")
+            _check_model(where, "schema", spec.schema)
+            found.append((attr, spec))
+    return found
+
+
+def _check_class(cls: type[Plugin]) -> list[tuple[str, HandlesSpec]]:
+    for hook, params in HOOKS.items():
+        func = getattr(cls, hook)
+        if func is not getattr(Plugin, hook):
+            problem = _signature_error(func, params)
+            if problem:
+                raise PluginError(f"plugin {cls.name!r}, hook {hook!r}: {problem}")
+    if not isinstance(cls.emits, Mapping):
+        raise PluginError(f"plugin {cls.name!r}: 'emits' must be a dict of type -> model, got {cls.emits!r}")
+    for type_, schema in cls.emits.items():
+        _check_type(f"plugin {cls.name!r}, emits", type_)
+        _check_model(f"plugin {cls.name!r}, emitted type {type_!r}", "its model", schema)
+    _check_model(f"plugin {cls.name!r}", "Config", cls.Config)
+    return _handlers_of(cls)
+
+
+def _claim(owners: dict[str, str], reserved: Iterable[str], type_: str, plugin: str, what: str) -> None:
+    if type_ in reserved:
+        raise PluginError(f"plugin {plugin!r}: {what} type {type_!r} is reserved by the core")
+    if type_ in owners:
+        raise PluginError(f"{what} type {type_!r} is claimed twice: by plugin {owners[type_]!r} "
+                          f"and by plugin {plugin!r}")
+    owners[type_] = plugin
+
+
+def check_classes(classes: list[type[Plugin]]) -> dict[str, list[tuple[str, HandlesSpec]]]:
+    """Check every class and that no type is claimed twice; handlers by plugin name."""
+    handles: dict[str, str] = {}
+    emits: dict[str, str] = {}
+    out: dict[str, list[tuple[str, HandlesSpec]]] = {}
+    for cls in classes:
+        if cls.name in out:
+            raise PluginError(f"plugins.enabled: plugin {cls.name!r} is listed twice")
+        out[cls.name] = _check_class(cls)
+        for _, spec in out[cls.name]:
+            _claim(handles, CORE_TYPES, spec.type, cls.name, "client")
+        for type_ in cls.emits:
+            _claim(emits, CORE_EMITS, type_, cls.name, "server")
+    return out
+
+
+def _stages_of(plugin: Plugin) -> list[Stage]:
+    try:
+        stages = list(plugin.stages())
+    except Exception as exc:
+        raise PluginError(f"plugin {plugin.name!r}: stages() failed: {type(exc).__name__}: {exc}") from exc
+    for stage in stages:
+        if not callable(getattr(stage, "process", None)):
+            raise PluginError(f"plugin {plugin.name!r}: stage {stage!r} has no process(conn, env) method")
+    return stages
+
+
+def _entry(type_: str, plugin: str, direction: str, schema: type[BaseModel] | None,
+           description: str) -> dict[str, Any]:
+    return {"type": type_, "plugin": plugin, "direction": direction, "description": description,
+            "schema": _json_schema(schema)}
+
+
 class Registry:
+    """The enabled plugins in config order, their handlers by type and their stages."""
+
     def __init__(self, plugins: list[Plugin]) -> None:
         self.plugins = plugins
         self.handlers: dict[str, Handler] = {}
         self.stages: list[Stage] = []
+        declared = check_classes([type(p) for p in plugins])
         for plugin in plugins:
-            for attr in dir(type(plugin)):
-                raw = getattr(type(plugin), attr, None)
-                specs: tuple[HandlesSpec, ...] = getattr(raw, HANDLER_ATTR, ())
-                for spec in specs:
-                    _check_handler(plugin.name, spec, raw)
-                    if spec.type in CORE_TYPES:
-                        raise PluginError(f"plugin {plugin.name!r}: type {spec.type!r} is reserved by the core")
-                    other = self.handlers.get(spec.type)
-                    if other is not None:
-                        raise PluginError(
-                            f"type {spec.type!r} is claimed twice: by plugin {other.plugin.name!r} "
-                            f"and by plugin {plugin.name!r}")
-                    self.handlers[spec.type] = Handler(spec.type, plugin, getattr(plugin, attr),
-                                                       spec.schema, spec.description)
-            self.stages.extend(plugin.stages())
+            for attr, spec in declared[plugin.name]:
+                self.handlers[spec.type] = Handler(spec.type, plugin, getattr(plugin, attr),
+                                                   spec.schema, spec.description)
+            self.stages.extend(_stages_of(plugin))
 
     @classmethod
     def classes(cls, config: Config) -> list[tuple[type[Plugin], Any]]:
-        """Resolve and validate every enabled plugin class and its config section."""
+        """Resolve and check every enabled plugin class and validate its config section."""
         eps = available_plugins()
+        classes = [load_plugin_class(name, eps) for name in config.plugins.enabled]
+        check_classes(classes)
         out: list[tuple[type[Plugin], Any]] = []
-        seen: set[str] = set()
         errors: list[str] = []
-        for name in config.plugins.enabled:
-            plugin_cls = _load_class(name, eps)
-            if plugin_cls.name in seen:
-                raise PluginError(f"plugins.enabled: plugin {plugin_cls.name!r} is listed twice")
-            seen.add(plugin_cls.name)
+        for plugin_cls in classes:
             try:
                 out.append((plugin_cls, plugin_config(plugin_cls, config)))
             except ConfigError as exc:
@@ -142,12 +300,54 @@ class Registry:
             raise ConfigError(errors)
         return out
 
+    @classmethod
+    def create(cls, config: Config, services: "Services") -> "Registry":
+        """Load, check and instantiate the enabled plugins."""
+        plugins: list[Plugin] = []
+        for plugin_cls, section in cls.classes(config):
+            try:
+                plugins.append(plugin_cls(section, services))
+            except Exception as exc:
+                raise PluginError(f"plugin {plugin_cls.name!r}: cannot be created: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        return cls(plugins)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def startup(self) -> None:
+        """Run every ``on_startup`` in order. When one raises, the plugins already started are
+        shut down and startup fails naming the plugin."""
+        started: list[Plugin] = []
+        for plugin in self.plugins:
+            try:
+                await plugin.on_startup()
+            except Exception as exc:
+                await _shutdown(started)
+                raise PluginError(f"plugin {plugin.name!r}, hook 'on_startup' failed: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+            started.append(plugin)
+
+    async def shutdown(self) -> None:
+        """Run every ``on_shutdown`` in reverse order; one that raises is logged, not fatal."""
+        await _shutdown(self.plugins)
+
+    # --- GET /api/protocol ----------------------------------------------------------------
     def describe(self) -> list[dict[str, Any]]:
-        """Every registered type with its plugin, for ``GET /api/protocol``."""
-        out = [{"type": t, "plugin": "core", "direction": "client_to_server", "description": d,
-                "schema": {"type": "object"}} for t, d in CORE_TYPES.items()]
+        """Every type the server accepts or sends: its plugin, direction and data schema."""
+        out = [_entry(t, "core", "client_to_server", m, d) for t, (m, d) in CORE_TYPES.items()]
+        out += [_entry(t, "core", "server_to_client", m, d) for t, (m, d) in CORE_EMITS.items()]
         for handler in sorted(self.handlers.values(), key=lambda h: h.type):
-            out.append({"type": handler.type, "plugin": handler.plugin.name,
-                        "direction": "client_to_server", "description": handler.description,
-                        "schema": handler.json_schema()})
+            out.append(_entry(handler.type, handler.plugin.name, "client_to_server",
+                              handler.schema, handler.description))
+        for plugin in self.plugins:
+            for type_, schema in sorted(type(plugin).emits.items()):
+                out.append(_entry(type_, plugin.name, "server_to_client", schema,
+                                  (schema.__doc__ or "").strip() if schema else ""))
         return out
+
+
+async def _shutdown(plugins: list[Plugin]) -> None:
+    for plugin in reversed(plugins):
+        try:
+            await plugin.on_shutdown()
+        except Exception:
+            log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_shutdown")

@@ -13,9 +13,12 @@ from aiohttp import WSMsgType, web
 from .auth import user_from_claims
 from .connection import Connection
 from .errors import AuthError, CloseConnection, MessageRejected
-from .keys import CLAIMS, CLIENT_IP, PIPELINE, REGISTRY, SERVICES
+from .keys import CLAIMS, CLIENT_IP, LEASE, PIPELINE, REGISTRY, SERVICES
+from .pipeline import Pipeline
 from .plugin_api import Context
-from .protocol import CloseCode, ErrorCode, decode, encode, error_frame, frame
+from .protocol import (CloseCode, ErrorCode, envelope, error_frame, frame_id,
+                       parse_json)
+from .registry import CORE_TYPES
 from .services import Services
 
 log = structlog.get_logger("server.ws")
@@ -25,32 +28,48 @@ _COUNTED_AS_INVALID = {ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAGE,
 _DONE = {WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR}
 
 
-async def _first_frame_auth(ws: web.WebSocketResponse, services: Services) -> dict[str, Any] | None:
-    """Wait for ``{"type": "auth", "data": {"token": ...}}``; close 4500 on anything else."""
-    timeout = services.config.auth.first_message_timeout
-    try:
-        msg = await ws.receive(timeout=timeout)
-    except asyncio.TimeoutError:
-        await ws.close(code=CloseCode.AUTH_FAILED, message=b"no auth frame in time")
-        return None
+async def _first_frame_auth(ws: web.WebSocketResponse,
+                           services: Services) -> tuple[dict[str, Any], str | None] | None:
+    """Wait for ``{"type": "auth", "data": {"token": ...}}`` within ``auth.first_message_timeout``
+    (control frames aside); anything else gets an error frame and close 4500."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + services.config.auth.first_message_timeout
+    while True:
+        try:
+            # a zero timeout would mean "no timeout" to aiohttp
+            msg = await ws.receive(timeout=max(deadline - loop.time(), 0.001))
+        except TimeoutError:
+            log.info("auth_failed", via="first_frame", reason="no auth frame in time")
+            await ws.close(code=CloseCode.AUTH_FAILED, message=b"no auth frame in time")
+            return None
+        if msg.type is WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif msg.type is not WSMsgType.PONG:
+            break
     if msg.type is not WSMsgType.TEXT:
         if msg.type not in _DONE:
+            log.info("auth_failed", via="first_frame", reason="binary frame")
             await ws.close(code=CloseCode.AUTH_FAILED, message=b"expected an auth frame")
         return None
+    reply_to: str | None = None
     try:
-        env = decode(msg.data)
+        obj = parse_json(msg.data)
+        reply_to = frame_id(obj)
+        env = envelope(obj)
         token = env.data.get("token")
         if env.type != "auth" or not isinstance(token, str):
             raise AuthError("the first frame must be {\"type\": \"auth\", \"data\": {\"token\": ...}}")
         claims = await services.auth.verify(token)
     except (MessageRejected, AuthError) as exc:
         log.info("auth_failed", via="first_frame", reason=str(exc))
-        await ws.send_str(encode(frame("error", {"code": ErrorCode.UNAUTHORIZED,
-                                                 "message": str(exc)})).decode())
+        try:
+            await ws.send_frame(error_frame(ErrorCode.UNAUTHORIZED, str(exc), reply_to=reply_to),
+                                WSMsgType.TEXT)
+        except ConnectionError:
+            return None  # the client is gone already
         await ws.close(code=CloseCode.AUTH_FAILED, message=b"authentication failed")
         return None
-    claims["__auth_frame_id__"] = env.id
-    return claims
+    return claims, reply_to
 
 
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
@@ -64,16 +83,16 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     )
     await ws.prepare(request)
     claims = request.get(CLAIMS)
+    auth_frame_id: str | None = None
     if claims is None:
-        claims = await _first_frame_auth(ws, services)
-        if claims is None:
+        authed = await _first_frame_auth(ws, services)
+        if authed is None:
             return ws
-        security = cfg.security
-        if security.max_connections_per_user and \
-                services.hub.count_user(str(claims["sub"])) >= security.max_connections_per_user:
+        claims, auth_frame_id = authed
+        if not request[LEASE].bind_user(str(claims["sub"])):
+            log.info("upgrade_refused", via="first_frame", reason="per_user_cap", user_id=claims["sub"])
             await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections for this user")
             return ws
-    auth_frame_id = claims.pop("__auth_frame_id__", None)
     user = user_from_claims(claims)
     remote = request.get(CLIENT_IP) or request.remote or ""
     conn = Connection(ws, user, remote=remote, request=request,
@@ -97,6 +116,8 @@ async def _serve(request: web.Request, services: Services, conn: Connection,
     hub = services.hub
     hub.add(conn)
     conn.start()
+    if hub.draining:  # admitted just before the drain began: close_all() did not see it
+        conn.close(CloseCode.GOING_AWAY, "server shutting down")
     ws = conn.ws
     try:
         await services.backend.presence.add_connection(
@@ -112,7 +133,7 @@ async def _serve(request: web.Request, services: Services, conn: Connection,
                 conn.log.info("connect_join_refused", room=room, code=exc.code)
                 conn.send(error_frame(exc.code, exc.message))
         exp = claims.get("exp")
-        conn.schedule_expiry(float(exp) if exp is not None else None)
+        conn.schedule_expiry(services.auth.deadline(claims))
         services.send_to_connection(conn, "connected", {
             "connection_id": conn.id,
             "user": conn.user.public(),
@@ -151,13 +172,17 @@ async def _serve(request: web.Request, services: Services, conn: Connection,
                       duration=round(time.time() - conn.connected_at, 3))
 
 
-async def _read_loop(services: Services, registry: Any, pipeline: Any, conn: Connection) -> None:
+async def _read_loop(services: Services, registry: Any, pipeline: Pipeline, conn: Connection) -> None:
     ws = conn.ws
     stats = services.stats
     while True:
         msg = await ws.receive()
         conn.last_activity = time.monotonic()
         kind = msg.type
+        if conn.closing and kind not in _DONE:
+            # drain until the peer answers our close frame (ws.close() runs in another task);
+            # what the client sent meanwhile is dropped, never handled
+            continue
         if kind is WSMsgType.TEXT:
             stats.messages_in += 1
             await _handle(services, registry, pipeline, conn, msg.data)
@@ -169,47 +194,49 @@ async def _read_loop(services: Services, registry: Any, pipeline: Any, conn: Con
         elif kind is WSMsgType.PONG:
             continue
         elif kind is WSMsgType.BINARY:
-            _reject(services, conn, MessageRejected(ErrorCode.UNSUPPORTED_FRAME,
+            _reject(pipeline, conn, MessageRejected(ErrorCode.UNSUPPORTED_FRAME,
                                                     "binary frames are not accepted"), None)
         elif kind in _DONE:
             if kind is WSMsgType.ERROR:
                 conn.log.info("connection_error", error=str(ws.exception()), code=ws.close_code)
             return
-        if conn.closing:
-            # drain until the peer answers our close frame (ws.close() runs in another task)
-            continue
 
 
-def _reject(services: Services, conn: Connection, exc: MessageRejected, reply_to: str | None) -> None:
+def _reject(pipeline: Pipeline, conn: Connection, exc: MessageRejected, reply_to: str | None) -> None:
     conn.log.info("frame_rejected", code=exc.code, reason=exc.message)
     conn.send(error_frame(exc.code, exc.message, reply_to=reply_to, retry_after=exc.retry_after))
     if exc.code in _COUNTED_AS_INVALID:
         conn.invalid_frames += 1
-        if conn.invalid_frames >= services.config.messages.max_invalid_frames:
+        if pipeline.invalid_frame(conn):
             conn.close(CloseCode.TOO_MANY_INVALID, "too many invalid frames")
 
 
-async def _handle(services: Services, registry: Any, pipeline: Any, conn: Connection,
+async def _handle(services: Services, registry: Any, pipeline: Pipeline, conn: Connection,
                   data: str) -> None:
+    """One text frame through the pipeline in its order (server/pipeline.py), then dispatch."""
     reply_to: str | None = None
     env = None
     try:
-        env = decode(data)
-        reply_to = env.id
+        obj = parse_json(data)
+        reply_to = frame_id(obj)
+        env = envelope(obj)
         handler = registry.handlers.get(env.type)
-        if handler is None:
-            await _core(services, conn, env)
-            return
-        env.payload = handler.validate(env.data)
-        roles = services.config.permissions.types.get(env.type)
-        if roles is not None and not conn.user.has_any_role(roles):
-            raise MessageRejected(ErrorCode.FORBIDDEN, f"your roles may not send {env.type!r}")
+        if handler is not None:
+            env.payload = handler.validate(env.data)
+        elif env.type not in CORE_TYPES:
+            raise MessageRejected(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"no plugin handles type {env.type!r}")
         result = await pipeline.run(conn, env)
         if result is None:
             return
-        await handler.func(Context(conn, result, services, handler.plugin), result.payload)
+        roles = services.config.permissions.types.get(result.type)
+        if roles is not None and not conn.user.has_any_role(roles):
+            raise MessageRejected(ErrorCode.FORBIDDEN, f"your roles may not send {result.type!r}")
+        if handler is None:
+            await _core(services, conn, result)
+        else:
+            await handler.func(Context(conn, result, services, handler.plugin), result.payload)
     except MessageRejected as exc:
-        _reject(services, conn, exc, reply_to)
+        _reject(pipeline, conn, exc, reply_to)
     except CloseConnection as exc:
         conn.close(exc.code, exc.reason)
     except Exception:
@@ -229,13 +256,12 @@ async def _core(services: Services, conn: Connection, env: Any) -> None:
             claims = await services.auth.verify(token)
         except AuthError as exc:
             raise MessageRejected(ErrorCode.UNAUTHORIZED, f"refresh refused: {exc}") from None
-        if str(claims["sub"]) != conn.user.id:
+        if claims["sub"] != conn.user.id:
             raise MessageRejected(ErrorCode.FORBIDDEN, "refresh token is for another user")
         exp = claims.get("exp")
-        conn.schedule_expiry(float(exp) if exp is not None else None)
-        conn.log.info("token_refreshed", expires_at=exp)
-        services.send_to_connection(conn, "refreshed", {"expires_at": exp}, reply_to=env.id)
-    elif env.type == "auth":
+        expires_at = int(exp) if exp is not None else None
+        conn.schedule_expiry(services.auth.deadline(claims))
+        conn.log.info("token_refreshed", expires_at=expires_at)
+        services.send_to_connection(conn, "refreshed", {"expires_at": expires_at}, reply_to=env.id)
+    else:  # "auth", the last core type
         raise MessageRejected(ErrorCode.INVALID_MESSAGE, "already authenticated; use 'refresh'")
-    else:
-        raise MessageRejected(ErrorCode.UNKNOWN_MESSAGE_TYPE, f"no plugin handles type {env.type!r}")
