@@ -12,7 +12,7 @@ from typing import Iterable
 
 import structlog
 
-from .backends.base import TargetKind
+from .backends.base import DEFAULT_ROUTE, Route, TargetKind
 from .config import ServerConfig
 from .connection import Connection
 from .protocol import CloseCode
@@ -69,8 +69,7 @@ class Hub:
         return len(self.by_user.get(user_id, ()))
 
     # --- fan-out ------------------------------------------------------------------------
-    def deliver(self, kind: TargetKind, key: str, payload: bytes, exclude: str | None = None,
-                *, droppable: bool = False) -> int:
+    def deliver(self, kind: TargetKind, key: str, payload: bytes, route: Route = DEFAULT_ROUTE) -> int:
         """Enqueue ``payload`` (already encoded, once) on every local target connection."""
         if kind == "room":
             targets: Iterable[Connection] = self.by_room.get(key, {}).values()
@@ -78,9 +77,12 @@ class Hub:
             targets = self.by_user.get(key, {}).values()
         else:
             targets = self.connections.values()
+        exclude, exclude_user, droppable = route.exclude, route.exclude_user, route.droppable
         sent = 0
         for conn in tuple(targets):
-            if conn.id != exclude and conn.send(payload, droppable=droppable):
+            if conn.id == exclude or (exclude_user is not None and conn.user.id == exclude_user):
+                continue
+            if conn.send(payload, droppable=droppable):
                 sent += 1
         return sent
 

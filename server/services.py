@@ -11,7 +11,7 @@ import structlog
 
 from .auth import Authenticator
 from .backends import create_backend
-from .backends.base import Backend
+from .backends.base import Backend, Route, TargetKind
 from .config import Config
 from .connection import Connection
 from .errors import MessageRejected
@@ -54,10 +54,12 @@ class Services:
         await self.hub.stop()
         await self.backend.close()
 
-    def _deliver(self, kind: Any, key: str, payload: bytes, exclude: str | None) -> None:
-        self.stats.messages_out += self.hub.deliver(kind, key, payload, exclude)
+    def _deliver(self, kind: TargetKind, key: str, payload: bytes, route: Route) -> None:
+        self.stats.messages_out += self.hub.deliver(kind, key, payload, route)
 
     # --- sending --------------------------------------------------------------------------
+    # ``exclude`` is a connection id, ``exclude_user`` a user id whose connections are skipped;
+    # ``droppable`` frames are dropped for a slow client instead of closing it (typing).
     def send_to_connection(self, conn: Connection, type_: str, data: Any = None,
                            **fields: Any) -> bool:
         ok = conn.send(encode(frame(type_, data, **fields)))
@@ -66,24 +68,32 @@ class Services:
         return ok
 
     async def send_to_user(self, user_id: str, type_: str, data: Any = None, *,
-                           exclude: str | None = None, **fields: Any) -> int:
+                           exclude: str | None = None, exclude_user: str | None = None,
+                           droppable: bool = False, **fields: Any) -> int:
         """Publish to every connection of ``user_id``, cluster-wide. Returns the number of
         this node's connections that got it."""
         before = self.stats.messages_out
-        await self.backend.broker.publish("user", user_id, encode(frame(type_, data, **fields)), exclude)
+        await self.backend.broker.publish("user", user_id, encode(frame(type_, data, **fields)),
+                                          Route(exclude, exclude_user, droppable))
         return self.stats.messages_out - before
 
     async def send_to_room(self, room: str, type_: str, data: Any = None, *,
-                           exclude: str | None = None, **fields: Any) -> None:
-        await self.publish_room(room, frame(type_, data, room=room, **fields), exclude=exclude)
+                           exclude: str | None = None, exclude_user: str | None = None,
+                           droppable: bool = False, **fields: Any) -> None:
+        await self.publish_room(room, frame(type_, data, room=room, **fields), exclude=exclude,
+                                exclude_user=exclude_user, droppable=droppable)
 
     async def publish_room(self, room: str, message: dict[str, Any], *,
-                           exclude: str | None = None) -> None:
-        await self.backend.broker.publish("room", room, encode(message), exclude)
+                           exclude: str | None = None, exclude_user: str | None = None,
+                           droppable: bool = False) -> None:
+        """Publish an already built frame to a room's members, cluster-wide (encoded once)."""
+        await self.backend.broker.publish("room", room, encode(message),
+                                          Route(exclude, exclude_user, droppable))
 
     async def broadcast(self, type_: str, data: Any = None, *, exclude: str | None = None,
-                        **fields: Any) -> None:
-        await self.backend.broker.publish("all", "", encode(frame(type_, data, **fields)), exclude)
+                        exclude_user: str | None = None, **fields: Any) -> None:
+        await self.backend.broker.publish("all", "", encode(frame(type_, data, **fields)),
+                                          Route(exclude, exclude_user))
 
     # --- rooms ----------------------------------------------------------------------------
     async def join(self, conn: Connection, room: str, *, create: bool | None = None) -> int:

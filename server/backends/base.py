@@ -12,15 +12,29 @@ from typing import Any, Awaitable, Callable, Literal, Protocol
 
 TargetKind = Literal["room", "user", "all"]
 
-#: Called by the broker on every node for each publication: (kind, key, payload, exclude_conn_id)
-Deliver = Callable[[TargetKind, str, bytes, "str | None"], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Who of the targets does not get a publication, and how hard to try. Travels with the
+    payload to every node (the Redis broker serialises it)."""
+
+    exclude: str | None = None  # a connection id (usually the sender's own)
+    exclude_user: str | None = None  # a user none of whose connections get it
+    droppable: bool = False  # a slow client drops it instead of being closed (typing)
+
+
+DEFAULT_ROUTE = Route()
+
+#: Called by the broker on every node for each publication
+Deliver = Callable[[TargetKind, str, bytes, Route], None]
 
 
 class Broker(Protocol):
     async def start(self, deliver: Deliver) -> None: ...
     async def close(self) -> None: ...
     async def publish(self, kind: TargetKind, key: str, payload: bytes,
-                      exclude: str | None = None) -> None: ...
+                      route: Route = DEFAULT_ROUTE) -> None: ...
 
 
 @dataclass

@@ -8,7 +8,7 @@ import time
 from collections import defaultdict, deque
 from typing import Any
 
-from .base import Deliver, HistoryPage, RoomInfo, TargetKind
+from .base import DEFAULT_ROUTE, Deliver, HistoryPage, RoomInfo, Route, TargetKind
 
 
 def _parse_offset(offset: str | None) -> tuple[str, int] | None:
@@ -32,9 +32,9 @@ class MemoryBroker:
         self._deliver = None
 
     async def publish(self, kind: TargetKind, key: str, payload: bytes,
-                      exclude: str | None = None) -> None:
+                      route: Route = DEFAULT_ROUTE) -> None:
         if self._deliver is not None:
-            self._deliver(kind, key, payload, exclude)
+            self._deliver(kind, key, payload, route)
 
 
 class MemoryRoomStore:
