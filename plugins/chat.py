@@ -1,19 +1,32 @@
-"""Chat: rooms (join/leave) and room messages with an ``ack`` to the sender.
+"""Chat: rooms, room and private messages, broadcast, history and recovery, the inbox.
 
-This is the day-one minimum; private messages, broadcast, history and the inbox build on it.
+The frames are described in docs/protocol.md. Delivery itself (history, inbox, fan-out) is the
+server's (``Services.post_to_room``, ``send_private``, ``system_message``), which the HTTP API
+shares; this plugin holds the rules of the frames (who may send what where) and the replies.
+
+Replays (``joined.missed``, ``history``, the inbox on connect) are cut to half a connection's
+outbound queue (``server.write_buffer_size`` bytes, ``server.max_queued_messages`` frames), so
+that catching up never closes a client as a slow consumer; ``has_more`` and the inbox's
+next-batch-on-ack bring the rest.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from server.plugin_api import (BaseModel, ConfigDict, Context, ErrorCode, Field, MessageRejected,
-                               Plugin, handles, make_frame)
+                               Plugin, handles)
+
+_MAX_OFFSET = 200  # characters; offsets are far shorter
 
 
 class JoinData(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    since: str | None = Field(None, description="offset of the last message seen; replays what was missed")
+    since: str | None = Field(None, min_length=1, max_length=_MAX_OFFSET,
+                              description="offset of the last room message seen; the ones after "
+                                          "it come in joined.missed")
 
 
 class LeaveData(BaseModel):
@@ -21,8 +34,59 @@ class LeaveData(BaseModel):
 
 
 class MessageData(BaseModel):
+    """A room or private message: ``content`` plus any fields of the application's own."""
+
     model_config = ConfigDict(extra="allow")
     content: str = Field(description="the text of the message")
+
+
+class BroadcastData(BaseModel):
+    """Free fields, delivered as sent."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class HistoryData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    since: str | None = Field(None, min_length=1, max_length=_MAX_OFFSET,
+                              description="offset: the messages after it; none: the latest ones")
+    limit: int = Field(50, ge=1, le=1000, description="most messages in the reply")
+
+
+class InboxAckData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    offset: str = Field(min_length=1, max_length=_MAX_OFFSET,
+                        description="inbox offset of the last private message handled")
+
+
+class Joined(BaseModel):
+    """Answers ``join``: the room's member count and top ``offset``; with ``since``, the room
+    messages missed, ``recovered`` false when some of them are no longer kept."""
+
+    room: str
+    members_count: int
+    recovered: bool
+    missed: list[dict[str, Any]]
+    offset: str
+    has_more: bool
+
+
+class Left(BaseModel):
+    """Answers ``leave``; also sent, with ``reason: deleted``, when an operator deletes a room."""
+
+    room: str
+    members_count: int
+    reason: str | None = None
+
+
+class HistoryReply(BaseModel):
+    """Answers ``history``: a page of kept room messages, oldest first."""
+
+    room: str
+    messages: list[dict[str, Any]]
+    offset: str
+    recovered: bool
+    has_more: bool
 
 
 def _need_room(ctx: Context) -> str:
@@ -31,23 +95,50 @@ def _need_room(ctx: Context) -> str:
     return ctx.room
 
 
+def _fitting(frames: list[dict[str, Any]], max_bytes: int, max_count: int) -> int:
+    """How many of ``frames``, from the first, fit in ``max_bytes`` and ``max_count`` once
+    encoded (at least one, when there is one)."""
+    used = 0
+    for n, message in enumerate(frames[:max_count]):
+        used += len(orjson.dumps(message))
+        if used > max_bytes and n:
+            return n
+    return min(len(frames), max_count)
+
+
+def _has_more(messages: list[dict[str, Any]], top: str) -> bool:
+    """Newer kept messages follow the page (the newest kept is always the top)."""
+    return bool(messages) and messages[-1]["offset"] != top
+
+
 class ChatPlugin(Plugin):
     name = "chat"
+    emits = {"joined": Joined, "left": Left, "message": MessageData, "broadcast": BroadcastData,
+             "history": HistoryReply, "system_message": None}
 
-    @handles("join", schema=JoinData, description="join a room; with data.since, replay what was missed")
+    def _budget(self) -> tuple[int, int]:
+        """Bytes and frames a replay may put on a connection's outbound queue at once."""
+        server = self.services.config.server
+        return server.write_buffer_size // 2, max(server.max_queued_messages // 2, 1)
+
+    # --- rooms ----------------------------------------------------------------------------
+    @handles("join", schema=JoinData,
+             description="join a room; with data.since, get the room messages missed since then")
     async def join(self, ctx: Context, data: JoinData) -> None:
         room = _need_room(ctx)
         count = await ctx.join(room)
         history = self.services.backend.history
-        missed: list[dict[str, Any]] = []
-        recovered = True
-        if data.since is not None:
-            opts = ctx.room_options(room)
-            page = await history.since(room, data.since, limit=max(opts.history_size, 1))
-            missed, recovered = page.messages, page.recovered
+        if data.since is None:
+            missed: list[dict[str, Any]] = []
+            recovered, top = True, await history.current(room)
+        else:
+            page = await history.since(room, data.since,
+                                       limit=max(ctx.room_options(room).history_size, 1))
+            missed = page.messages[:_fitting(page.messages, *self._budget())]
+            recovered, top = page.recovered, page.offset
         await ctx.reply("joined", {"room": room, "members_count": count, "recovered": recovered,
-                                   "missed": missed, "offset": await history.current(room)},
-                        room=room)
+                                   "missed": missed, "offset": top,
+                                   "has_more": _has_more(missed, top)}, room=room)
 
     @handles("leave", schema=LeaveData, description="leave a room")
     async def leave(self, ctx: Context, data: LeaveData) -> None:
@@ -55,19 +146,80 @@ class ChatPlugin(Plugin):
         count = await ctx.leave(room)
         await ctx.reply("left", {"room": room, "members_count": count}, room=room)
 
-    @handles("message", schema=MessageData, description="a message to a room's members")
-    async def message(self, ctx: Context, data: MessageData) -> None:
+    @handles("history", schema=HistoryData,
+             description="a page of a joined room's kept messages: the latest, or those after since")
+    async def history(self, ctx: Context, data: HistoryData) -> None:
         room = _need_room(ctx)
         if room not in ctx.conn.rooms:
-            raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"join {room!r} before sending to it")
-        opts = ctx.room_options(room)
-        if not opts.client_publish:
-            raise MessageRejected(ErrorCode.FORBIDDEN, f"clients may not publish to {room!r}")
-        services = self.services
-        from_ = ctx.user.public()
-        msg = make_frame("message", data.model_dump(), room=room, sender=from_)
-        offset = await services.backend.history.append(
-            room, msg, size=opts.history_size, ttl=opts.history_ttl)
-        await services.publish_room(room, msg, exclude=ctx.conn.id)
-        await ctx.ack({"id": msg["id"], "offset": offset})
+            raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"join {room!r} to read its history")
+        page = await self.services.backend.history.since(room, data.since, limit=data.limit)
+        messages = page.messages
+        if data.since is None:  # the latest page: what does not fit goes from its old end
+            messages = messages[len(messages) - _fitting(messages[::-1], *self._budget()):]
+        else:
+            messages = messages[:_fitting(messages, *self._budget())]
+        await ctx.reply("history", {"room": room, "messages": messages, "offset": page.offset,
+                                    "recovered": page.recovered,
+                                    "has_more": _has_more(messages, page.offset)}, room=room)
 
+    # --- messages -------------------------------------------------------------------------
+    @handles("message", schema=MessageData,
+             description="a message to a joined room's members (room), or to a user (to)")
+    async def message(self, ctx: Context, data: MessageData) -> None:
+        sender = ctx.user.public()
+        if ctx.to is not None:
+            if ctx.room is not None:
+                raise MessageRejected(ErrorCode.INVALID_MESSAGE, "give 'room' or 'to', not both")
+            sent = await self.services.send_private(ctx.to, data.model_dump(), sender=sender,
+                                                    exclude=ctx.conn.id)
+        else:
+            if ctx.room is None:
+                raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'room' or 'to' is required")
+            room = ctx.room
+            if room not in ctx.conn.rooms:
+                raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"join {room!r} before sending to it")
+            if not ctx.room_options(room).client_publish:
+                raise MessageRejected(ErrorCode.FORBIDDEN, f"clients may not publish to {room!r}")
+            sent = await self.services.post_to_room(room, "message", data.model_dump(),
+                                                    sender=sender, exclude=ctx.conn.id)
+        await ctx.ack({"id": sent["id"], "offset": sent.get("offset")})
+
+    @handles("broadcast", schema=BroadcastData,
+             description="to every connection; for roles in permissions.broadcast")
+    async def broadcast(self, ctx: Context, data: BroadcastData) -> None:
+        services = self.services
+        if not ctx.user.has_any_role(services.config.permissions.broadcast):
+            raise MessageRejected(ErrorCode.FORBIDDEN, "your roles may not broadcast")
+        echo = services.config.messages.echo_to_sender
+        sent = await services.broadcast("broadcast", data.model_dump(), exclude=ctx.conn.id,
+                                        exclude_user=None if echo else ctx.user.id,
+                                        sender=ctx.user.public())
+        await ctx.ack({"id": sent["id"]})
+
+    # --- inbox ----------------------------------------------------------------------------
+    async def on_connect(self, ctx: Context) -> None:
+        await self._deliver_inbox(ctx, None)
+
+    @handles("inbox.ack", schema=InboxAckData,
+             description="your inbox is read up to data.offset: those messages stop coming")
+    async def inbox_ack(self, ctx: Context, data: InboxAckData) -> None:
+        await self.services.backend.inbox.ack(ctx.user.id, data.offset)
+        await ctx.ack({"offset": data.offset})
+        cursor = ctx.state.pop("inbox_cursor", None)
+        if cursor is not None:
+            await self._deliver_inbox(ctx, cursor)
+
+    async def _deliver_inbox(self, ctx: Context, since: str | None) -> None:
+        """Send the waiting private messages after ``since``, marked ``inbox: true``, as many as
+        fit the budget; the next ``inbox.ack`` of this connection brings the next ones."""
+        services = self.services
+        pending = await services.backend.inbox.fetch(ctx.user.id, since,
+                                                     limit=services.config.inbox.size)
+        if not pending:
+            return
+        count = _fitting(pending, *self._budget())
+        for message in pending[:count]:
+            services.send_frame(ctx.conn, {**message, "inbox": True})
+        if count < len(pending):
+            ctx.state["inbox_cursor"] = pending[count - 1]["offset"]
+        ctx.log.info("inbox_delivered", count=count, waiting=len(pending) - count)

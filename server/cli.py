@@ -1,4 +1,4 @@
-"""The ``switchboard`` command: serve, check-config, token."""
+"""The ``switchboard`` command: serve, check-config, token, client, bench."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import re
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import AuthError, ConfigError, PluginError
 
@@ -69,7 +69,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     try:
-        app = create_app(loaded.config, config_path=path)
+        app = create_app(loaded.config, config_path=path, overrides=overrides)
     except (PluginError, ConfigError, AuthError) as exc:
         log.error("startup_failed", error=str(exc))
         print(f"switchboard: cannot start: {exc}", file=sys.stderr)
@@ -112,6 +112,9 @@ async def _run(app: Any, config: Any, log: Any) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from .reload import RELOADER
+
+    loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload_soon)  # re-read websocket.yaml
     await stop.wait()
     log.info("server_stopping", shutdown_timeout=srv.shutdown_timeout)
     try:
@@ -238,6 +241,20 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 # --- token --------------------------------------------------------------------------------
+def _roles(values: list[str] | None) -> list[str]:
+    """``--roles a,b --roles c`` as ``[a, b, c]``."""
+    return [r.strip() for part in (values or []) for r in part.split(",") if r.strip()]
+
+
+def _private_key(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--private-key: cannot read {path}: {exc}") from None
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from .auth import Authenticator, mint_token, parse_ttl
     from .config import DEV_SECRET
@@ -259,13 +276,11 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 2
     auth = loaded.config.auth
     configure_logging(loaded.config.logging)  # log lines go to stderr, stdout is the token only
-    roles = [r.strip() for part in (args.roles or []) for r in part.split(",") if r.strip()]
-    private_key = None
-    if args.private_key:
-        try:
-            private_key = Path(args.private_key).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            return fail(f"--private-key: cannot read {args.private_key}: {exc}")
+    roles = _roles(args.roles)
+    try:
+        private_key = _private_key(args.private_key)
+    except ValueError as exc:
+        return fail(str(exc))
     try:
         token = mint_token(auth, sub=args.sub, username=args.username, email=args.email,
                            roles=roles, ttl=ttl, private_key=private_key)
@@ -282,6 +297,151 @@ def cmd_token(args: argparse.Namespace) -> int:
               "set JWT_SECRET or auth.secret", file=sys.stderr)
     print(token)
     return 0
+
+
+# --- client and bench ---------------------------------------------------------------------
+Minter = Callable[..., str]
+
+
+def _tool_setup(args: argparse.Namespace, prog: str) -> tuple[str, Minter] | int:
+    """The URL (``--url``, else the configured listen address) and a function that mints
+    tokens with the configured key, for ``client`` and ``bench``; an exit status on error."""
+    from .auth import mint_token, parse_ttl
+
+    path = _config_path(args.config)
+    try:
+        config = _load(path).config
+    except ConfigError as exc:
+        _print_config_error(exc, path)
+        return 2
+    try:
+        ttl = parse_ttl(args.ttl)
+        private_key = _private_key(args.private_key)
+    except ValueError as exc:
+        print(f"switchboard {prog}: {exc}", file=sys.stderr)
+        return 2
+    srv = config.server
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(srv.host, srv.host)
+    url = args.url or f"ws://{f'[{host}]' if ':' in host else host}:{srv.port}{srv.ws_path}"
+
+    def mint(sub: str, **claims: Any) -> str:
+        return mint_token(config.auth, sub=sub, ttl=ttl, private_key=private_key, **claims)
+
+    return url, mint
+
+
+def _token_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", help="config whose key mints the tokens and whose listen "
+                        f"address is the default URL (default: $SWITCHBOARD_CONFIG or ./{DEFAULT_CONFIG})")
+    parser.add_argument("--ttl", default="1h", help="lifetime of minted tokens (default 1h)")
+    parser.add_argument("--private-key", metavar="FILE", help="PEM private key for RS256/ES256")
+
+
+def cmd_client(args: argparse.Namespace) -> int:
+    from . import client
+    from .errors import AuthError
+
+    setup = _tool_setup(args, "client")
+    if isinstance(setup, int):
+        return setup
+    url, mint = setup
+    if args.token:
+        def token() -> str:
+            return str(args.token)
+    else:
+        def token() -> str:
+            return mint(args.sub or args.username, username=args.username, email=args.email,
+                        roles=_roles(args.roles))
+        try:
+            token()
+        except AuthError as exc:
+            print(f"switchboard client: cannot mint a token: {exc}", file=sys.stderr)
+            return 2
+    interactive = args.script is None and sys.stdin.isatty() and sys.stdout.isatty()
+    color = args.color if args.color is not None else not os.environ.get("NO_COLOR")  # no-color.org
+    try:
+        return asyncio.run(client.main(
+            url, token, fresh_tokens=not args.token, interactive=interactive, script=args.script,
+            auto_ping=args.auto_ping, timeout=args.timeout, max_retries=args.max_retries,
+            history_file=args.history_file, color=color))
+    except KeyboardInterrupt:
+        return 130
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    setup = _tool_setup(args, "bench")
+    if isinstance(setup, int):
+        return setup
+    url, mint = setup
+    return bench.run(args, url, mint)
+
+
+def _client_parser(sub: Any) -> None:
+    client = sub.add_parser(
+        "client", help="a WebSocket client: interactive on a terminal, JSON lines for scripts",
+        description="Interactive (line editing, history, coloured frames) when stdin and stdout "
+                    "are a terminal; otherwise, or with --script, it runs the commands read from "
+                    "stdin or FILE, each waiting for its reply, and prints every frame received "
+                    "as one JSON line. Type `help` for the commands. Exit status: 0, 1 when the "
+                    "connection or a command failed, 2 for bad options, 130 after Ctrl-C.")
+    client.add_argument("--url", help="ws://host:port/ws (default: the configured listen address)")
+    who = client.add_mutually_exclusive_group(required=True)
+    who.add_argument("--token", help="a JWT to connect with")
+    who.add_argument("--username", help="mint a token for this user with the configured key")
+    client.add_argument("--sub", help="user id of the minted token (default: --username)")
+    client.add_argument("--email", help="email claim of the minted token")
+    client.add_argument("--roles", action="append", help="roles of the minted token, comma-separated; repeatable")
+    _token_options(client)
+    client.add_argument("--auto-ping", type=float, metavar="SECONDS",
+                        help="ping every SECONDS; an unanswered ping means reconnect")
+    client.add_argument("--script", metavar="FILE", help="run the commands in FILE ('-' for stdin) and exit")
+    client.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                        help="scripts: how long a command waits for its reply (default 5)")
+    client.add_argument("--max-retries", type=int, default=10, metavar="N",
+                        help="reconnect attempts before giving up (default 10)")
+    client.add_argument("--history-file", metavar="FILE", help="line history (default ~/.switchboard_history)")
+    client.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
+                        help="colour the frames (default: on, unless NO_COLOR is set)")
+    client.set_defaults(func=cmd_client)
+
+
+def _bench_parser(sub: Any) -> None:
+    bench = sub.add_parser(
+        "bench", help="load-test a server: connection storm, throughput, fan-out, sustained load",
+        description="Opens real WebSocket connections (tokens minted with the configured key), "
+                    "sends room messages and times each delivery. Prints a results table "
+                    "(and --json FILE). Exit status 1 when a message was lost or the errors "
+                    "exceed --max-errors, 2 for bad options. Run it against a server whose "
+                    "rate limits and connection caps allow the load (docs/benchmarks.md).")
+    bench.add_argument("--test-type", choices=("storm", "throughput", "fanout", "sustained", "all"),
+                       default="all", help="which test (default: all, one after the other)")
+    bench.add_argument("--url", help="ws://host:port/ws (default: the configured listen address)")
+    bench.add_argument("--baseline", action="store_true",
+                       help="start the minimal raw aiohttp server (server/bench_baseline.py) on a "
+                            "free loopback port and test it instead of --url")
+    bench.add_argument("--connections", type=int, default=100, help="connections (default 100)")
+    bench.add_argument("--messages", type=int, default=10,
+                       help="messages per sender in throughput and fanout (default 10)")
+    bench.add_argument("--duration", type=float, default=60.0, help="seconds of the sustained test (default 60)")
+    bench.add_argument("--max-concurrent", type=int, default=50,
+                       help="connection handshakes in flight at once (default 50)")
+    bench.add_argument("--message-interval", type=float, default=100.0, metavar="MS",
+                       help="ms between a sender's messages in fanout and sustained (default 100)")
+    bench.add_argument("--rooms", type=int, default=1, help="rooms the connections are spread over (default 1)")
+    bench.add_argument("--payload-bytes", type=int, default=64, help="size of each message's content (default 64)")
+    bench.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="after sending, wait this long without a delivery before counting "
+                            "the rest as lost (default 5)")
+    bench.add_argument("--max-errors", type=int, default=0,
+                       help="failures (refused connections, error frames, closes) tolerated (default 0)")
+    bench.add_argument("--server-pid", type=int, help="process to sample RSS from (default: the "
+                       "process listening on the URL's port, when it is on this machine)")
+    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': stdout)")
+    bench.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    _token_options(bench)
+    bench.set_defaults(func=cmd_bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -314,6 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--private-key", metavar="FILE",
                        help="PEM private key for RS256/ES256 (the pair of auth.public_key_file)")
     token.set_defaults(func=cmd_token)
+    _client_parser(sub)
+    _bench_parser(sub)
     return parser
 
 

@@ -101,6 +101,8 @@ class ServerConfig(Section):
     shutdown_timeout: PositiveFloat = 10.0
     trusted_proxies: list[str] = []
     node_id: str = ""
+    # "production" refuses settings only safe on a developer's machine (_environment_errors)
+    environment: Literal["development", "production"] = "development"
 
     @field_validator("ws_path")
     @classmethod
@@ -285,12 +287,18 @@ class InboxConfig(Section):
 class PresenceConfig(Section):
     enabled: bool = True
     grace_period: NonNegativeFloat = 5.0
+    max_extra_bytes: PositiveInt = 512
+    max_query_users: PositiveInt = 100
 
 
 class TypingConfig(Section):
     timeout: PositiveFloat = 5.0
     messages_per_minute: PositiveInt = 60
     burst: PositiveInt = 10
+
+
+class NotificationsConfig(Section):
+    max_per_user: PositiveInt = 100
 
 
 class PermissionsConfig(Section):
@@ -302,6 +310,21 @@ class PermissionsConfig(Section):
 class ApiConfig(Section):
     admin_roles: list[str] = ["admin"]
     keys: list[str] = []
+    page_size: PositiveInt = 50
+    max_page_size: PositiveInt = 500
+    max_body_size: PositiveInt = 65536
+
+    @model_validator(mode="after")
+    def _page_within_max(self) -> "ApiConfig":
+        if self.page_size > self.max_page_size:
+            raise FieldError("page_size", f"must be at most api.max_page_size ({self.max_page_size}), "
+                             f"got {self.page_size}")
+        return self
+
+
+class MetricsConfig(Section):
+    enabled: bool = True
+    admin_only: bool = False
 
 
 class RedisConfig(Section):
@@ -331,7 +354,7 @@ class BackendConfig(Section):
 class PluginsConfig(Section):
     """``enabled`` plus one free-form section per plugin, validated by the plugin's own model."""
 
-    enabled: list[str] = ["chat"]
+    enabled: list[str] = ["chat", "typing", "presence", "notification"]
 
     @model_validator(mode="after")
     def _sections(self) -> "PluginsConfig":
@@ -363,8 +386,10 @@ class Config(Section):
     inbox: InboxConfig = InboxConfig()
     presence: PresenceConfig = PresenceConfig()
     typing: TypingConfig = TypingConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
     permissions: PermissionsConfig = PermissionsConfig()
     api: ApiConfig = ApiConfig()
+    metrics: MetricsConfig = MetricsConfig()
     backend: BackendConfig = BackendConfig()
     plugins: PluginsConfig = PluginsConfig()
     logging: LoggingConfig = LoggingConfig()
@@ -722,6 +747,25 @@ def _advice(config: Config) -> list[str]:
     return found
 
 
+def _environment_errors(config: Config, sources: Mapping[KeyPath, str]) -> list[str]:
+    """Settings refused by ``server.environment: production`` (safe only on a developer's
+    machine), and a dev login that cannot sign tokens."""
+    auth = config.auth
+    found: list[tuple[KeyPath, str]] = []
+    if auth.dev_login and not auth.algorithm.startswith("HS"):
+        found.append((("auth", "dev_login"), f"needs an HS algorithm: with {auth.algorithm} the "
+                      "server holds only a public key and cannot sign tokens"))
+    if config.server.environment == "production":
+        if auth.dev_login:
+            found.append((("auth", "dev_login"), "must be false when server.environment is "
+                          "production: POST /api/dev/token would give a token to anyone who asks"))
+        if auth.algorithm.startswith("HS") and auth.secret == DEV_SECRET:
+            found.append((("auth", "secret"), "is the public development default, refused when "
+                          "server.environment is production: set the JWT_SECRET environment variable"))
+    return [f"{_key_path(path)}: {text}" + (f" (from {sources[path]})" if path in sources else "")
+            for path, text in found]
+
+
 # --- load_config -----------------------------------------------------------------------------
 
 def _overridden(overrides: Mapping[str, Any], path: KeyPath) -> bool:
@@ -758,6 +802,7 @@ def load_config(
     except ValidationError as exc:
         errors += [_message(e, (), Config, sources) for e in exc.errors()]
         raise ConfigError(errors, warnings) from None
+    errors += _environment_errors(config, sources)
     if errors:
         raise ConfigError(errors, warnings)
     return LoadedConfig(config, file_path, warnings + _advice(config), sorted(set(sources.values())))

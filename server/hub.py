@@ -102,6 +102,24 @@ class Hub:
         for conn in tuple(self.connections.values()):
             conn.close(code, reason)
 
+    def reap(self, now: float) -> int:
+        """Close the connections whose pending write outlived ``write_timeout`` (4008) or whose
+        peer has been silent past ``pong_wait`` (4010); returns how many. The sweeper calls it
+        each tick, ``POST /api/cleanup`` at once."""
+        cfg = self.server
+        closed = 0
+        for conn in tuple(self.connections.values()):
+            if conn.closing:
+                continue
+            if conn.write_started and now - conn.write_started > cfg.write_timeout:
+                conn.close(CloseCode.SLOW_CONSUMER, "slow consumer: write timed out")
+            elif now - conn.last_activity > cfg.pong_wait:
+                conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            else:
+                continue
+            closed += 1
+        return closed
+
     async def _sweep(self) -> None:
         cfg = self.server
         tick = max(0.02, min(1.0, cfg.ping_period / 2, cfg.write_timeout / 2))
@@ -109,15 +127,9 @@ class Hub:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            ping = now - last_ping >= cfg.ping_period
-            if ping:
+            self.reap(now)
+            if now - last_ping >= cfg.ping_period:
                 last_ping = now
-            for conn in tuple(self.connections.values()):
-                if conn.closing:
-                    continue
-                if conn.write_started and now - conn.write_started > cfg.write_timeout:
-                    conn.close(CloseCode.SLOW_CONSUMER, "slow consumer: write timed out")
-                elif now - conn.last_activity > cfg.pong_wait:
-                    conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
-                elif ping:
-                    conn.send(PING, droppable=True)
+                for conn in tuple(self.connections.values()):
+                    if not conn.closing:
+                        conn.send(PING, droppable=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any, TextIO
+from typing import Any, MutableMapping, TextIO
 
 import structlog
 from aiohttp import http_exceptions
@@ -32,11 +32,30 @@ _SECRET_TEXT = re.compile(
     re.IGNORECASE,
 )
 _HANDLER_NAME = "switchboard"
+#: structlog method -> level; a bound logger keeps its class, so the level is checked here, by a
+#: processor, and ``set_level`` reaches loggers bound before it (each connection's)
+_METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "msg": logging.INFO,
+                  "warning": logging.WARNING, "warn": logging.WARNING, "error": logging.ERROR,
+                  "exception": logging.ERROR, "critical": logging.CRITICAL, "fatal": logging.CRITICAL}
+_level = logging.INFO
 
 
 def scrub(text: str) -> str:
     """``text`` with tokens masked."""
     return _SECRET_TEXT.sub(lambda m: (m.group("prefix") or "") + REDACTED, text)
+
+
+def _below_level(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if _METHOD_LEVELS.get(method, logging.INFO) < _level:
+        raise structlog.DropEvent
+    return event
+
+
+def set_level(name: str) -> None:
+    """Change the lowest level written, for every logger already made too (config reload)."""
+    global _level
+    _level = _LEVELS[name]
+    logging.getLogger().setLevel(_level)
 
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -71,15 +90,15 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     # exceptions become text here, before the scrub; the console renderer then prints that text
     # instead of a rich traceback with local variables (where a token would show)
     finish = [structlog.processors.format_exc_info, _redact, renderer]
-    level = _LEVELS[config.level]
     structlog.configure(
         processors=[
+            _below_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             *finish,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
@@ -99,7 +118,7 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    set_level(config.level)
     logging.captureWarnings(True)
 
 

@@ -67,8 +67,9 @@ class Pipeline:
 
 
 def build_pipeline(config: Config, extra: list[Stage] | None = None) -> Pipeline:
+    own = frozenset(t for stage in extra or () for t in getattr(stage, "rate_limited_types", ()))
     stages: list[Stage] = [
-        RateLimitStage(config.rate_limit),
+        RateLimitStage(config.rate_limit, own),
         ContentLengthStage(config.messages),
         FilterStage(config.messages.filter),
     ]

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .config import Config, RoomOptions
 from .connection import Connection
 from .errors import CloseConnection, MessageRejected
+from .middleware.ratelimit import TokenBucket
 from .protocol import CloseCode, Envelope, ErrorCode
 from .protocol import frame as make_frame
 
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BaseModel", "CloseCode", "CloseConnection", "Config", "ConfigDict", "Connection", "Context",
     "Envelope", "ErrorCode", "Field", "MessageRejected", "make_frame", "Plugin", "PluginConfig",
-    "RoomOptions", "Stage", "User", "handles",
+    "RoomOptions", "Stage", "TokenBucket", "User", "handles",
 ]
 
 HANDLER_ATTR = "__switchboard_handles__"
@@ -118,7 +119,9 @@ class User:
 class Stage(Protocol):
     """A step of the inbound pipeline. ``process`` may raise MessageRejected or CloseConnection,
     return ``None`` to drop the frame silently, or return the (possibly changed) envelope.
-    It may be a plain or an async method."""
+    It may be a plain or an async method. A stage that rate-limits some types itself lists them
+    in an optional ``rate_limited_types`` (a set of type names): the built-in rate limit then
+    leaves those types alone, unless ``rate_limit.per_type`` lists them."""
 
     name: str
 
@@ -151,7 +154,8 @@ class Plugin:
         """Called for each connection after the ``connected`` frame was queued."""
 
     async def on_disconnect(self, ctx: "Context") -> None:
-        """Called for each connection after it closed and left its rooms."""
+        """Called for each connection after it closed and left its rooms (``ctx.conn.rooms``
+        still names them)."""
 
     async def on_shutdown(self) -> None:
         """Called once while the server stops (also when a later plugin's on_startup failed)."""

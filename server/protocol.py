@@ -182,9 +182,11 @@ def frame(
     reply_to: str | None = None,
     offset: str | None = None,
     id: str | None = None,
+    ts: str | None = None,
 ) -> dict[str, Any]:
-    """Build a server-to-client frame as a dict (the order of keys is the wire order)."""
-    out: dict[str, Any] = {"type": type_, "id": id or new_id(), "ts": now_ts()}
+    """Build a server-to-client frame as a dict (the order of keys is the wire order). ``id``
+    and ``ts`` are new unless given (a stored frame sent again keeps its own)."""
+    out: dict[str, Any] = {"type": type_, "id": id or new_id(), "ts": ts or now_ts()}
     if room is not None:
         out["room"] = room
     if to is not None:

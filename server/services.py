@@ -1,5 +1,6 @@
 """The node: config, hub, backend and the operations plugins and the HTTP API share
-(send to a connection, a user, a room or everyone; join and leave rooms)."""
+(send to a connection, a user, a room or everyone; join, leave and delete rooms; post room,
+private and system messages)."""
 
 from __future__ import annotations
 
@@ -16,12 +17,25 @@ from .config import Config
 from .connection import Connection
 from .errors import MessageRejected
 from .hub import Hub
+from .metrics import Metrics
 from .protocol import ErrorCode, encode, frame, new_id
 
 if TYPE_CHECKING:
     from .registry import Registry
 
 log = structlog.get_logger(__name__)
+
+#: longest room name or user id accepted as a target
+MAX_NAME_LENGTH = 255
+
+
+def check_name(field: str, value: str) -> None:
+    """A room name or a ``to`` user id: 1-255 printable characters, no surrounding spaces;
+    ``INVALID_MESSAGE`` otherwise."""
+    if not value or len(value) > MAX_NAME_LENGTH or value != value.strip() or not value.isprintable():
+        raise MessageRejected(ErrorCode.INVALID_MESSAGE,
+                              f"'{field}' must be 1-{MAX_NAME_LENGTH} printable characters without "
+                              f"leading or trailing spaces, got {value[:40]!r}")
 
 
 class Stats:
@@ -42,6 +56,7 @@ class Services:
         self.backend: Backend = create_backend(config, self.node_id)
         self.auth = Authenticator(config.auth)
         self.stats = Stats()
+        self.metrics = Metrics()
         self.registry: "Registry | None" = None
 
     async def start(self) -> None:
@@ -55,16 +70,24 @@ class Services:
         await self.backend.close()
 
     def _deliver(self, kind: TargetKind, key: str, payload: bytes, route: Route) -> None:
-        self.stats.messages_out += self.hub.deliver(kind, key, payload, route)
+        started = time.perf_counter()
+        sent = self.hub.deliver(kind, key, payload, route)
+        self.stats.messages_out += sent
+        self.metrics.delivered(payload, sent, time.perf_counter() - started)
 
     # --- sending --------------------------------------------------------------------------
     # ``exclude`` is a connection id, ``exclude_user`` a user id whose connections are skipped;
     # ``droppable`` frames are dropped for a slow client instead of closing it (typing).
     def send_to_connection(self, conn: Connection, type_: str, data: Any = None,
                            **fields: Any) -> bool:
-        ok = conn.send(encode(frame(type_, data, **fields)))
+        return self.send_frame(conn, frame(type_, data, **fields))
+
+    def send_frame(self, conn: Connection, message: dict[str, Any]) -> bool:
+        """Queue an already built frame on one connection."""
+        ok = conn.send(encode(message))
         if ok:
             self.stats.messages_out += 1
+            self.metrics.sent(message["type"])
         return ok
 
     async def send_to_user(self, user_id: str, type_: str, data: Any = None, *,
@@ -91,9 +114,11 @@ class Services:
                                           Route(exclude, exclude_user, droppable))
 
     async def broadcast(self, type_: str, data: Any = None, *, exclude: str | None = None,
-                        exclude_user: str | None = None, **fields: Any) -> None:
-        await self.backend.broker.publish("all", "", encode(frame(type_, data, **fields)),
-                                          Route(exclude, exclude_user))
+                        exclude_user: str | None = None, **fields: Any) -> dict[str, Any]:
+        """Publish to every connection, cluster-wide; returns the frame."""
+        message = frame(type_, data, **fields)
+        await self.backend.broker.publish("all", "", encode(message), Route(exclude, exclude_user))
+        return message
 
     # --- rooms ----------------------------------------------------------------------------
     async def join(self, conn: Connection, room: str, *, create: bool | None = None) -> int:
@@ -101,10 +126,15 @@ class Services:
         cfg = self.config.rooms
         if room in conn.rooms:
             return await self.backend.rooms.member_count(room)
+        check_name("room", room)
         opts = cfg.options(room)
         if opts.allowed_roles and not conn.user.has_any_role(opts.allowed_roles):
             raise MessageRejected(ErrorCode.FORBIDDEN, f"your roles may not join {room!r}")
         rooms = self.backend.rooms
+        mine = await rooms.user_rooms(conn.user.id)
+        if room not in mine and len(mine) >= cfg.max_rooms_per_user:
+            raise MessageRejected(ErrorCode.ROOM_LIMIT_REACHED,
+                                  f"you are in {len(mine)} rooms, the most allowed")
         info = await rooms.get(room)
         if info is None:
             allowed = cfg.allow_client_create if create is None else create
@@ -113,11 +143,8 @@ class Services:
             if await rooms.count() >= cfg.max_rooms:
                 raise MessageRejected(ErrorCode.ROOM_LIMIT_REACHED,
                                       f"the server holds its maximum of {cfg.max_rooms} rooms")
-            info, _ = await rooms.create(room)
-        mine = await rooms.user_rooms(conn.user.id)
-        if room not in mine and len(mine) >= cfg.max_rooms_per_user:
-            raise MessageRejected(ErrorCode.ROOM_LIMIT_REACHED,
-                                  f"you are in {len(mine)} rooms, the most allowed")
+            # a room a client creates lasts while it has members (RoomInfo.persistent)
+            info, _ = await rooms.create(room, persistent=False)
         cap = info.max_members or opts.max_members
         if room not in mine and await rooms.member_count(room) >= cap:
             raise MessageRejected(ErrorCode.ROOM_FULL, f"room {room!r} has its maximum of {cap} members")
@@ -139,3 +166,68 @@ class Services:
             await self.send_to_room(room, "user_left", {"room": room, "user": conn.user.public(),
                                                         "members_count": count}, exclude=conn.id)
         return count
+
+    async def delete_room(self, room: str) -> bool:
+        """Delete ``room`` and its history; its members get ``left`` with ``reason: deleted``.
+        False when there was no such room. (This node's members: the Redis backend will need
+        a cluster-wide notice.)"""
+        if not await self.backend.rooms.delete(room):
+            return False
+        await self.backend.history.drop(room)
+        for conn in tuple(self.hub.by_room.get(room, {}).values()):
+            self.hub.unsubscribe(room, conn)
+            self.send_to_connection(conn, "left", {"room": room, "members_count": 0,
+                                                   "reason": "deleted"}, room=room)
+        log.info("room_deleted", room=room)
+        return True
+
+    # --- messages -------------------------------------------------------------------------
+    # The rules of who may send what (membership, client_publish, roles) are the caller's: the
+    # chat plugin for frames, the HTTP API for its calls. ``exclude`` is the sending connection
+    # (it gets an ack instead of a copy); with ``messages.echo_to_sender`` off, none of the
+    # sender's connections gets a copy.
+    async def post_to_room(self, room: str, type_: str, data: Any, *,
+                           sender: dict[str, Any] | None = None,
+                           exclude: str | None = None) -> dict[str, Any]:
+        """Keep a frame in ``room``'s history (which gives it its ``offset``) and publish it to
+        the room's members. Returns the frame."""
+        opts = self.config.rooms.options(room)
+        message = frame(type_, data, room=room, sender=sender)
+        await self.backend.history.append(room, message, size=opts.history_size, ttl=opts.history_ttl)
+        no_echo = sender is not None and not self.config.messages.echo_to_sender
+        await self.publish_room(room, message, exclude=exclude,
+                                exclude_user=sender["id"] if sender and no_echo else None)
+        return message
+
+    async def send_private(self, to: str, data: Any, *, sender: dict[str, Any],
+                           exclude: str | None = None) -> dict[str, Any]:
+        """A private ``message`` to every connection of user ``to``, with a copy to the sender's
+        other connections. When ``to`` has no open connection anywhere it waits in their inbox
+        instead, and the returned frame carries its inbox ``offset``."""
+        check_name("to", to)
+        message = frame("message", data, to=to, sender=sender)
+        payload = encode(message)
+        broker = self.backend.broker
+        if to == sender["id"]:  # a note to oneself: to each of the other connections
+            await broker.publish("user", to, payload, Route(exclude))
+            return message
+        if await self.backend.presence.connections(to):
+            await broker.publish("user", to, payload)
+        else:
+            message = dict(message)
+            cfg = self.config.inbox
+            await self.backend.inbox.push(to, message, size=cfg.size, ttl=cfg.ttl)
+        if self.config.messages.echo_to_sender:
+            await broker.publish("user", sender["id"], payload, Route(exclude))
+        return message
+
+    async def system_message(self, data: Any, *, room: str | None = None) -> dict[str, Any]:
+        """An operators' ``system_message`` with ``data`` as given and no ``from``: to every
+        connection, or to the members of ``room`` (``NOT_FOUND`` when it does not exist), where
+        it is kept in the history like a message, so members catching up with ``since`` get it.
+        Returns the frame."""
+        if room is None:
+            return await self.broadcast("system_message", data)
+        if await self.backend.rooms.get(room) is None:
+            raise MessageRejected(ErrorCode.NOT_FOUND, f"room {room!r} does not exist")
+        return await self.post_to_room(room, "system_message", data)

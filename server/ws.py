@@ -9,14 +9,17 @@ from typing import Any
 
 import structlog
 from aiohttp import WSMsgType, web
+from pydantic import BaseModel, Field
 
 from .auth import user_from_claims
 from .connection import Connection
 from .errors import AuthError, CloseConnection, MessageRejected
 from .keys import CLAIMS, CLIENT_IP, LEASE, PIPELINE, REGISTRY, SERVICES
+from .metrics import INVALID
+from .openapi import describe
 from .pipeline import Pipeline
 from .plugin_api import Context
-from .protocol import (CloseCode, ErrorCode, envelope, error_frame, frame_id,
+from .protocol import (CloseCode, ErrorCode, Envelope, envelope, error_frame, frame_id,
                        parse_json)
 from .registry import CORE_TYPES
 from .services import Services
@@ -72,6 +75,13 @@ async def _first_frame_auth(ws: web.WebSocketResponse,
     return claims, reply_to
 
 
+class _UpgradeQuery(BaseModel):
+    token: str | None = Field(None, description="the JWT (or send it in Authorization or an auth frame)")
+    rooms: str | None = Field(None, description="rooms to join on connect, comma-separated")
+
+
+@describe("The WebSocket endpoint (docs/protocol.md); refusals before the upgrade are JSON",
+          query=_UpgradeQuery, status=101, errors=(400, 401, 403, 429, 503), tags=("websocket",))
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
     services = request.app[SERVICES]
     cfg = services.config
@@ -115,6 +125,7 @@ async def _serve(request: web.Request, services: Services, conn: Connection,
     pipeline = request.app[PIPELINE]
     hub = services.hub
     hub.add(conn)
+    services.metrics.connection_opened()
     conn.start()
     if hub.draining:  # admitted just before the drain began: close_all() did not see it
         conn.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -160,15 +171,19 @@ async def _serve(request: web.Request, services: Services, conn: Connection,
                     await ws.close(code=int(code))
             except (TimeoutError, ConnectionError, RuntimeError):
                 pass
-        for room in list(conn.rooms):
+        rooms = set(conn.rooms)
+        for room in rooms:
             await services.leave(conn, room, closing=True)
+        conn.rooms = rooms  # on_disconnect hooks see the rooms the connection was in
         await services.backend.presence.remove_connection(conn.user.id, conn.id)
         for plugin in registry.plugins:
             try:
                 await plugin.on_disconnect(Context(conn, None, services, plugin))
             except Exception:
                 conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_disconnect")
-        conn.log.info("connection_closed", code=int(conn.close_code or ws.close_code or 0),
+        closed_with = int(conn.close_code or ws.close_code or 0)
+        services.metrics.connection_closed(closed_with)
+        conn.log.info("connection_closed", code=closed_with,
                       duration=round(time.time() - conn.connected_at, 3))
 
 
@@ -185,7 +200,7 @@ async def _read_loop(services: Services, registry: Any, pipeline: Pipeline, conn
             continue
         if kind is WSMsgType.TEXT:
             stats.messages_in += 1
-            await _handle(services, registry, pipeline, conn, msg.data)
+            await handle_frame(services, registry, pipeline, conn, msg.data)
             # frames already buffered are returned without suspending: yield once per frame so
             # the writer tasks of the recipients drain their queues between a client's frames
             await asyncio.sleep(0)
@@ -194,16 +209,19 @@ async def _read_loop(services: Services, registry: Any, pipeline: Pipeline, conn
         elif kind is WSMsgType.PONG:
             continue
         elif kind is WSMsgType.BINARY:
-            _reject(pipeline, conn, MessageRejected(ErrorCode.UNSUPPORTED_FRAME,
-                                                    "binary frames are not accepted"), None)
+            services.metrics.frame_handled(INVALID, 0.0)
+            _reject(services, pipeline, conn, MessageRejected(ErrorCode.UNSUPPORTED_FRAME,
+                                                              "binary frames are not accepted"), None)
         elif kind in _DONE:
             if kind is WSMsgType.ERROR:
                 conn.log.info("connection_error", error=str(ws.exception()), code=ws.close_code)
             return
 
 
-def _reject(pipeline: Pipeline, conn: Connection, exc: MessageRejected, reply_to: str | None) -> None:
+def _reject(services: Services, pipeline: Pipeline, conn: Connection, exc: MessageRejected,
+            reply_to: str | None) -> None:
     conn.log.info("frame_rejected", code=exc.code, reason=exc.message)
+    services.metrics.frame_rejected(exc.code)
     conn.send(error_frame(exc.code, exc.message, reply_to=reply_to, retry_after=exc.retry_after))
     if exc.code in _COUNTED_AS_INVALID:
         conn.invalid_frames += 1
@@ -211,9 +229,11 @@ def _reject(pipeline: Pipeline, conn: Connection, exc: MessageRejected, reply_to
             conn.close(CloseCode.TOO_MANY_INVALID, "too many invalid frames")
 
 
-async def _handle(services: Services, registry: Any, pipeline: Pipeline, conn: Connection,
-                  data: str) -> None:
-    """One text frame through the pipeline in its order (server/pipeline.py), then dispatch."""
+async def handle_frame(services: Services, registry: Any, pipeline: Pipeline, conn: Connection,
+                       data: str) -> None:
+    """One text frame through the pipeline in its order (server/pipeline.py), then dispatch.
+    ``POST /api/messages`` comes this way too, on a connection of its own (server/api.py)."""
+    started = time.perf_counter()
     reply_to: str | None = None
     env = None
     try:
@@ -228,21 +248,32 @@ async def _handle(services: Services, registry: Any, pipeline: Pipeline, conn: C
         result = await pipeline.run(conn, env)
         if result is None:
             return
-        roles = services.config.permissions.types.get(result.type)
-        if roles is not None and not conn.user.has_any_role(roles):
-            raise MessageRejected(ErrorCode.FORBIDDEN, f"your roles may not send {result.type!r}")
-        if handler is None:
-            await _core(services, conn, result)
-        else:
-            await handler.func(Context(conn, result, services, handler.plugin), result.payload)
+        await dispatch(services, registry, conn, result)
     except MessageRejected as exc:
-        _reject(pipeline, conn, exc, reply_to)
+        _reject(services, pipeline, conn, exc, reply_to)
     except CloseConnection as exc:
         conn.close(exc.code, exc.reason)
     except Exception:
         conn.log.exception("handler_failed", type=env.type if env else None)
+        services.metrics.frame_rejected(ErrorCode.INTERNAL_ERROR)
         conn.send(error_frame(ErrorCode.INTERNAL_ERROR, "internal error while handling the frame",
                               reply_to=reply_to))
+    finally:
+        services.metrics.frame_handled(env.type if env is not None else INVALID,
+                                       time.perf_counter() - started)
+
+
+async def dispatch(services: Services, registry: Any, conn: Connection, env: Envelope) -> None:
+    """The last step of a frame: its type's permission (``FORBIDDEN``), then its handler. The
+    HTTP API acts on a user's open connections this way (``POST /api/rooms/{id}/join``)."""
+    roles = services.config.permissions.types.get(env.type)
+    if roles is not None and not conn.user.has_any_role(roles):
+        raise MessageRejected(ErrorCode.FORBIDDEN, f"your roles may not send {env.type!r}")
+    handler = registry.handlers.get(env.type)
+    if handler is None:
+        await _core(services, conn, env)
+    else:
+        await handler.func(Context(conn, env, services, handler.plugin), env.payload)
 
 
 async def _core(services: Services, conn: Connection, env: Any) -> None:

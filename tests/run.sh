@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# the browser tests (tests/e2e) drive Debian's chromium through Playwright; Playwright's own
+# browser download is never used
+[ -x "${SWITCHBOARD_CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "tests/run.sh: installing ${need_apt[*]}" >&2

@@ -76,7 +76,7 @@ def test_the_walk_sees_nested_and_mapped_options() -> None:
 def test_websocket_yaml_is_exactly_the_built_in_defaults() -> None:
     loaded = load_config(ROOT / "websocket.yaml", env={})
     assert loaded.config == Config()
-    assert loaded.config.plugins.enabled == ["chat"]
+    assert loaded.config.plugins.enabled == ["chat", "typing", "presence", "notification"]
     assert loaded.config.auth.secret == DEV_SECRET
     assert loaded.warnings == []
 
@@ -475,11 +475,11 @@ def test_a_bad_env_value_names_the_key_path_and_the_variable() -> None:
 
 def test_ws_variables_that_match_nothing_are_warnings() -> None:
     loaded = load_config(None, env={"WS_RATE_LIMIT_MESSAGE_PER_MINUTE": "600", "WS_SERVER": "x",
-                                    "WS_NOPE_AT_ALL": "1", "WS_PLUGINS_TYPING_TIMEOUT": "3"})
+                                    "WS_NOPE_AT_ALL": "1", "WS_PLUGINS_INBOX_SIZE": "3"})
     assert loaded.warnings == [
         "WS_NOPE_AT_ALL: environment variable matches no setting (the form is WS_<SECTION>_<KEY>)",
-        # typing is not an enabled plugin: the typing section was meant
-        "WS_PLUGINS_TYPING_TIMEOUT: environment variable matches no setting (did you mean WS_TYPING_TIMEOUT?)",
+        # inbox is not a plugin
+        "WS_PLUGINS_INBOX_SIZE: environment variable matches no setting (the form is WS_<SECTION>_<KEY>)",
         "WS_RATE_LIMIT_MESSAGE_PER_MINUTE: environment variable matches no setting "
         "(did you mean WS_RATE_LIMIT_MESSAGES_PER_MINUTE?)",
         "WS_SERVER: environment variable matches no setting (the form is WS_<SECTION>_<KEY>)",

@@ -7,7 +7,7 @@ the broker, which hands it to every node (this one included) through ``Deliver``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Literal, Protocol
 
 TargetKind = Literal["room", "user", "all"]
@@ -45,6 +45,9 @@ class RoomInfo:
     created_at: float
     max_members: int | None = None
     members: int = 0
+    #: False for a room a client's join created: it is deleted when its last member leaves
+    #: (its history stays, until history_ttl). Operators' rooms (API, default_rooms) persist.
+    persistent: bool = True
 
 
 class RoomStore(Protocol):
@@ -52,53 +55,149 @@ class RoomStore(Protocol):
 
     async def get(self, room: str) -> RoomInfo | None: ...
     async def create(self, room: str, *, name: str = "", description: str = "",
-                     max_members: int | None = None) -> tuple[RoomInfo, bool]: ...
+                     max_members: int | None = None,
+                     persistent: bool = True) -> tuple[RoomInfo, bool]:
+        """Create ``room`` unless it exists; returns (its info, True when created now)."""
+        ...
     async def delete(self, room: str) -> bool: ...
     async def list(self) -> list[RoomInfo]: ...
     async def count(self) -> int: ...
     async def add_member(self, room: str, user_id: str, conn_id: str) -> int: ...
     async def remove_member(self, room: str, user_id: str, conn_id: str) -> tuple[int, bool]:
-        """Returns (member count, True when that user has no connection left in the room)."""
+        """Returns (member count, True when that user has no connection left in the room).
+        A room that is not ``persistent`` is deleted, in the same step, when it becomes empty."""
         ...
     async def members(self, room: str) -> list[str]: ...
     async def member_count(self, room: str) -> int: ...
     async def user_rooms(self, user_id: str) -> set[str]: ...
 
 
+@dataclass(frozen=True, slots=True)
+class UserPresence:
+    """One user's presence as a :class:`PresenceStore` reports it (``presence.state``,
+    ``GET /api/users/{id}/status``, ``GET /api/online``)."""
+
+    user_id: str
+    #: a connection is open, or the last one closed less than ``presence.grace_period`` ago
+    online: bool
+    #: ``online`` ``away`` ``busy`` ``offline`` as the user set it; ``online`` when never set,
+    #: ``offline`` when not online
+    status: str
+    #: open connections, cluster-wide
+    connections: int
+    #: Unix seconds when the user's connections last dropped to none; None if never seen to
+    last_seen: float | None
+    username: str | None = None
+    #: Unix seconds the oldest open connection opened; None without one
+    connected_at: float | None = None
+    #: the extra fields of the user's status (``device``, ...)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        """``{user_id, online, status, last_seen, connections}`` plus the extra status fields."""
+        return {**self.extra, "user_id": self.user_id, "online": self.online, "status": self.status,
+                "last_seen": self.last_seen, "connections": self.connections}
+
+
 class PresenceStore(Protocol):
+    """Who is connected (cluster-wide) and the status each user set.
+
+    A user is online from their first connection until ``mark_offline``; the core adds and
+    removes connections, the presence plugin announces the changes: ``mark_online`` and
+    ``mark_offline`` are atomic test-and-set operations, so that of several nodes exactly one
+    announces each change and a reconnect on another node within the grace period announces
+    nothing. Without the presence plugin a user is online exactly while connected.
+    """
+
     async def add_connection(self, user_id: str, conn_id: str, info: dict[str, Any]) -> int:
-        """Returns how many connections the user now has (cluster-wide)."""
+        """Record an open connection (``info``: ``username``, ``connected_at``, ``node``).
+        Returns how many connections the user now has (cluster-wide)."""
         ...
-    async def remove_connection(self, user_id: str, conn_id: str) -> int: ...
+    async def remove_connection(self, user_id: str, conn_id: str) -> int:
+        """Forget a connection; when it was the user's last, ``last_seen`` becomes now.
+        Returns how many connections the user has left."""
+        ...
     async def connections(self, user_id: str) -> dict[str, dict[str, Any]]: ...
-    async def online_users(self) -> list[str]: ...
+    async def online_users(self, *, limit: int | None = None, offset: int = 0) -> list[str]:
+        """Online users' ids, in the order they came online (stable for paging)."""
+        ...
     async def online_count(self) -> int: ...
-    async def set_status(self, user_id: str, status: dict[str, Any]) -> None: ...
+    async def snapshot(self, user_ids: list[str]) -> list[UserPresence]:
+        """The presence of each of ``user_ids``, in order (unknown users are offline)."""
+        ...
+    async def set_status(self, user_id: str, status: dict[str, Any]) -> None:
+        """Store ``{"status": ..., **extra}`` for an online user (ignored for an offline one);
+        it lasts until the user goes offline."""
+        ...
     async def get_status(self, user_id: str) -> dict[str, Any] | None: ...
     async def last_seen(self, user_id: str) -> float | None: ...
+    async def mark_online(self, user_id: str) -> bool:
+        """Note that the user was announced online; True when they had not been (the caller
+        announces it), False while they still are (a second connection, a quick reconnect)."""
+        ...
+    async def mark_offline(self, user_id: str) -> float | None:
+        """When the user has no connection left and was announced online: record them offline,
+        drop their status and return their ``last_seen`` (the caller announces it). Otherwise
+        (they reconnected meanwhile) change nothing and return None."""
+        ...
 
 
 @dataclass
 class HistoryPage:
     messages: list[dict[str, Any]]
+    #: no message between the ``since`` offset and the first of ``messages`` is missing: the
+    #: offset is of this stream's epoch and nothing after it has expired or been pushed out
     recovered: bool
     offset: str  # the room's current offset (top of the stream)
 
 
 class History(Protocol):
+    """Each room's last messages, for catching up (``join`` with ``since``) and ``history``.
+
+    Offsets are opaque strings, ``<epoch>:<seq>`` in the built-in backends: ``seq`` numbers a
+    room's messages 1, 2, 3... and never goes back within an epoch; the epoch changes whenever
+    the numbering may have started over (a restart of the memory backend), so an offset of
+    another epoch is never mistaken for a position in this one.
+    """
+
     async def append(self, room: str, message: dict[str, Any], *, size: int,
                      ttl: float) -> str:
-        """Store ``message`` (its ``offset`` field is set here) and return the new offset."""
+        """Give ``message`` the room's next offset (its ``offset`` field is set here) and keep
+        it among the room's last ``size`` messages (0: keep none) for ``ttl`` seconds (0: until
+        pushed out). Returns the offset."""
         ...
-    async def since(self, room: str, offset: str | None, *, limit: int) -> HistoryPage: ...
-    async def current(self, room: str) -> str: ...
-    async def drop(self, room: str) -> None: ...
+    async def since(self, room: str, offset: str | None, *, limit: int) -> HistoryPage:
+        """Kept messages, oldest first. ``offset`` None: the latest ``limit``. Otherwise the
+        first ``limit`` after ``offset``, ``recovered`` telling whether none between is missing;
+        an offset of another epoch, malformed or beyond the top is unknown: every kept message
+        (up to ``limit``) with ``recovered`` False."""
+        ...
+    async def current(self, room: str) -> str:
+        """The offset of the room's last message (``<epoch>:0`` before the first)."""
+        ...
+    async def drop(self, room: str) -> None:
+        """Forget the kept messages; offsets go on from where they were."""
+        ...
 
 
 class Inbox(Protocol):
-    async def push(self, user_id: str, message: dict[str, Any], *, size: int, ttl: float) -> str: ...
-    async def fetch(self, user_id: str, since: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]: ...
-    async def ack(self, user_id: str, offset: str) -> None: ...
+    """Each user's private messages that found no open connection, oldest first, at most
+    ``size`` (the oldest go first) for ``ttl`` seconds, until the user acknowledges them.
+    Offsets are opaque, of the same form as :class:`History`'s, and never reused in an epoch."""
+
+    async def push(self, user_id: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
+        """Store ``message``, setting its ``offset`` field; returns the offset."""
+        ...
+    async def fetch(self, user_id: str, since: str | None = None, *,
+                    limit: int = 100) -> list[dict[str, Any]]:
+        """Unacknowledged messages after ``since`` (all of them when None or of another epoch),
+        oldest first, at most ``limit``."""
+        ...
+    async def ack(self, user_id: str, offset: str) -> None:
+        """Drop the messages up to ``offset``. Acknowledging again, or an older offset, changes
+        nothing; an offset beyond the newest message covers only the messages there are (later
+        ones still arrive); one of another epoch or malformed is ignored."""
+        ...
 
 
 class Backend(Protocol):
@@ -108,6 +207,7 @@ class Backend(Protocol):
     presence: PresenceStore
     history: History
     inbox: Inbox
+    notifications: NotificationStore
 
     async def start(self, deliver: Deliver) -> None: ...
     async def close(self) -> None: ...
@@ -115,3 +215,18 @@ class Backend(Protocol):
 
 
 MaybeAwaitable = Awaitable[None] | None
+
+
+class NotificationStore(Protocol):
+    """Each user's notifications, oldest first, at most ``size`` of them (the oldest go first),
+    each unread until marked read. A notification is the frame that was delivered (a dict with
+    at least ``id``); the store gives it back as it was added."""
+
+    async def add(self, user_id: str, notification: dict[str, Any], *, size: int) -> None: ...
+    async def unread(self, user_id: str) -> list[dict[str, Any]]:
+        """The user's unread notifications, oldest first."""
+        ...
+    async def mark_read(self, user_id: str, ids: list[str]) -> int:
+        """Mark those of ``ids`` the user has as read; returns how many of them were unread
+        (unknown and already read ids count for nothing)."""
+        ...

@@ -3,22 +3,22 @@ client resuming across a restart gets ``recovered: false`` instead of a silent g
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import time
 from collections import defaultdict, deque
 from typing import Any
 
-from .base import DEFAULT_ROUTE, Deliver, HistoryPage, RoomInfo, Route, TargetKind
+from .base import (DEFAULT_ROUTE, Deliver, HistoryPage, RoomInfo, Route, TargetKind,
+                   UserPresence)
 
 
 def _parse_offset(offset: str | None) -> tuple[str, int] | None:
-    if not offset or ":" not in offset:
+    """``<epoch>:<seq>`` -> (epoch, seq); None for anything else."""
+    epoch, _, seq = (offset or "").rpartition(":")
+    if not epoch or not (seq.isascii() and seq.isdigit()):
         return None
-    epoch, _, seq = offset.rpartition(":")
-    try:
-        return epoch, int(seq)
-    except ValueError:
-        return None
+    return epoch, int(seq)
 
 
 class MemoryBroker:
@@ -51,11 +51,13 @@ class MemoryRoomStore:
         return info
 
     async def create(self, room: str, *, name: str = "", description: str = "",
-                     max_members: int | None = None) -> tuple[RoomInfo, bool]:
+                     max_members: int | None = None,
+                     persistent: bool = True) -> tuple[RoomInfo, bool]:
         existing = self._rooms.get(room)
         if existing is not None:
             return existing, False
-        info = RoomInfo(room, name or room, description, time.time(), max_members)
+        info = RoomInfo(room, name or room, description, time.time(), max_members,
+                        persistent=persistent)
         self._rooms[room] = info
         return info, True
 
@@ -93,6 +95,11 @@ class MemoryRoomStore:
                 rooms.discard(room)
                 if not rooms:
                     del self._user_rooms[user_id]
+        if not members:
+            del self._members[room]
+            info = self._rooms.get(room)
+            if info is not None and not info.persistent:
+                del self._rooms[room]
         return len(members), gone
 
     async def members(self, room: str) -> list[str]:
@@ -105,144 +112,223 @@ class MemoryRoomStore:
         return set(self._user_rooms.get(user_id, ()))
 
 
+class _Presence:
+    """An online user: open connections, the status they set, announced online or not."""
+
+    __slots__ = ("announced", "conns", "status")
+
+    def __init__(self) -> None:
+        self.conns: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, Any] | None = None
+        self.announced = False
+
+
 class MemoryPresenceStore:
     def __init__(self) -> None:
-        self._conns: dict[str, dict[str, dict[str, Any]]] = {}
-        self._status: dict[str, dict[str, Any]] = {}
+        self._online: dict[str, _Presence] = {}  # in the order users came online
         self._last_seen: dict[str, float] = {}
 
     async def add_connection(self, user_id: str, conn_id: str, info: dict[str, Any]) -> int:
-        conns = self._conns.setdefault(user_id, {})
+        conns = self._online.setdefault(user_id, _Presence()).conns
         conns[conn_id] = info
-        self._last_seen[user_id] = time.time()
         return len(conns)
 
     async def remove_connection(self, user_id: str, conn_id: str) -> int:
-        conns = self._conns.get(user_id)
-        if conns is None:
-            return 0
-        conns.pop(conn_id, None)
-        self._last_seen[user_id] = time.time()
-        if not conns:
-            del self._conns[user_id]
-            return 0
-        return len(conns)
+        entry = self._online.get(user_id)
+        if entry is None or entry.conns.pop(conn_id, None) is None:
+            return len(entry.conns) if entry else 0
+        if not entry.conns:
+            self._last_seen[user_id] = round(time.time(), 3)
+            if not entry.announced:
+                del self._online[user_id]
+        return len(entry.conns)
 
     async def connections(self, user_id: str) -> dict[str, dict[str, Any]]:
-        return dict(self._conns.get(user_id, {}))
+        entry = self._online.get(user_id)
+        return dict(entry.conns) if entry else {}
 
-    async def online_users(self) -> list[str]:
-        return list(self._conns)
+    async def online_users(self, *, limit: int | None = None, offset: int = 0) -> list[str]:
+        users = list(self._online)[offset:]
+        return users if limit is None else users[:limit]
 
     async def online_count(self) -> int:
-        return len(self._conns)
+        return len(self._online)
+
+    async def snapshot(self, user_ids: list[str]) -> list[UserPresence]:
+        return [self._view(user_id) for user_id in user_ids]
+
+    def _view(self, user_id: str) -> UserPresence:
+        last_seen = self._last_seen.get(user_id)
+        entry = self._online.get(user_id)
+        if entry is None:
+            return UserPresence(user_id, False, "offline", 0, last_seen)
+        extra = dict(entry.status or {})
+        status = extra.pop("status", "online")
+        infos = list(entry.conns.values())
+        return UserPresence(user_id, True, status, len(infos), last_seen,
+                            username=infos[0].get("username") if infos else None,
+                            connected_at=min((i["connected_at"] for i in infos), default=None),
+                            extra=extra)
 
     async def set_status(self, user_id: str, status: dict[str, Any]) -> None:
-        self._status[user_id] = dict(status)
+        entry = self._online.get(user_id)
+        if entry is not None:
+            entry.status = dict(status)
 
     async def get_status(self, user_id: str) -> dict[str, Any] | None:
-        return self._status.get(user_id)
+        entry = self._online.get(user_id)
+        return entry.status if entry else None
 
     async def last_seen(self, user_id: str) -> float | None:
         return self._last_seen.get(user_id)
 
+    async def mark_online(self, user_id: str) -> bool:
+        entry = self._online.get(user_id)
+        if entry is None or entry.announced:
+            return False
+        entry.announced = True
+        return True
+
+    async def mark_offline(self, user_id: str) -> float | None:
+        entry = self._online.get(user_id)
+        if entry is None or entry.conns or not entry.announced:
+            return None
+        del self._online[user_id]
+        return self._last_seen.get(user_id)
+
+
+#: seconds between two sweeps that drop the expired messages of streams nobody reads
+_SWEEP_EVERY = 60.0
+
 
 class _Stream:
-    __slots__ = ("seq", "items")
+    """A bounded, expiring sequence. ``seq`` numbers every item ever added and never goes
+    back, so an offset is never reused within an epoch; ``items`` holds the kept ones, with
+    consecutive numbers."""
+
+    __slots__ = ("seq", "ttl", "items")
 
     def __init__(self) -> None:
         self.seq = 0
+        self.ttl = 0.0
         self.items: deque[tuple[int, float, dict[str, Any]]] = deque()
 
-    def trim(self, size: int, ttl: float, now: float) -> None:
+    def add(self, message: dict[str, Any], *, size: int, ttl: float, now: float) -> None:
+        self.seq += 1
+        self.ttl = ttl
         items = self.items
+        items.append((self.seq, now, message))
         while len(items) > size:
             items.popleft()
-        if ttl > 0:
-            while items and now - items[0][1] > ttl:
+        self.expire(now)
+
+    def expire(self, now: float) -> None:
+        items = self.items
+        if self.ttl > 0:
+            while items and now - items[0][1] > self.ttl:
                 items.popleft()
+
+    def first(self) -> int:
+        """The number of the oldest kept item (``seq + 1`` when none is kept)."""
+        return self.items[0][0] if self.items else self.seq + 1
+
+    def after(self, seq: int) -> list[dict[str, Any]]:
+        """The kept items numbered above ``seq``, oldest first."""
+        return [m for _, _, m in itertools.islice(self.items, max(seq + 1 - self.first(), 0), None)]
+
+
+class _Streams:
+    """Streams by key (room or user) under one epoch. A stream is never forgotten (its ``seq``
+    must not start over), but its expired items are dropped when it is read and, for streams
+    nobody reads, by a sweep every ``_SWEEP_EVERY`` seconds, run by the next write."""
+
+    def __init__(self, epoch: str) -> None:
+        self.epoch = epoch
+        self._streams: dict[str, _Stream] = {}
+        self._swept = time.time()
+
+    def offset(self, seq: int) -> str:
+        return f"{self.epoch}:{seq}"
+
+    def seq_of(self, offset: str | None) -> int | None:
+        """The number an offset of this epoch stands for; None for any other."""
+        parsed = _parse_offset(offset)
+        return parsed[1] if parsed is not None and parsed[0] == self.epoch else None
+
+    def read(self, key: str) -> _Stream | None:
+        stream = self._streams.get(key)
+        if stream is not None:
+            stream.expire(time.time())
+        return stream
+
+    def add(self, key: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
+        now = time.time()
+        if now - self._swept >= _SWEEP_EVERY:
+            self._swept = now
+            for idle in self._streams.values():
+                idle.expire(now)
+        stream = self._streams.get(key)
+        if stream is None:
+            stream = self._streams[key] = _Stream()
+        offset = self.offset(stream.seq + 1)
+        message["offset"] = offset
+        stream.add(message, size=size, ttl=ttl, now=now)
+        return offset
 
 
 class MemoryHistory:
-    """Per-room bounded streams; offsets are ``<epoch>:<seq>``."""
+    """Per-room streams; offsets are ``<epoch>:<seq>``."""
 
     def __init__(self, epoch: str) -> None:
-        self.epoch = epoch
-        self._streams: dict[str, _Stream] = defaultdict(_Stream)
-
-    def _offset(self, seq: int) -> str:
-        return f"{self.epoch}:{seq}"
+        self._streams = _Streams(epoch)
 
     async def append(self, room: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
-        stream = self._streams[room]
-        stream.seq += 1
-        offset = self._offset(stream.seq)
-        message["offset"] = offset
-        now = time.time()
-        if size > 0:
-            stream.items.append((stream.seq, now, message))
-        stream.trim(size, ttl, now)
-        return offset
+        return self._streams.add(room, message, size=size, ttl=ttl)
 
     async def since(self, room: str, offset: str | None, *, limit: int) -> HistoryPage:
-        stream = self._streams.get(room) or _Stream()
-        items = list(stream.items)
-        parsed = _parse_offset(offset)
-        top = self._offset(stream.seq)
+        stream = self._streams.read(room) or _Stream()
+        top = self._streams.offset(stream.seq)
         if offset is None:
-            return HistoryPage([m for _, _, m in items[-limit:]], True, top)
-        if parsed is None or parsed[0] != self.epoch or parsed[1] > stream.seq:
-            return HistoryPage([m for _, _, m in items[:limit]], False, top)
-        seq = parsed[1]
-        missed = [(s, m) for s, _, m in items if s > seq]
-        first_kept = missed[0][0] if missed else stream.seq + 1
-        recovered = first_kept == seq + 1 and len(missed) <= limit
-        return HistoryPage([m for _, m in missed[:limit]], recovered, top)
+            return HistoryPage(stream.after(stream.seq - limit), True, top)
+        seq = self._streams.seq_of(offset)
+        if seq is None or seq > stream.seq:  # another epoch (a restart), or not an offset here
+            return HistoryPage(stream.after(0)[:limit], False, top)
+        return HistoryPage(stream.after(seq)[:limit], stream.first() <= seq + 1, top)
 
     async def current(self, room: str) -> str:
-        stream = self._streams.get(room)
-        return self._offset(stream.seq if stream else 0)
+        stream = self._streams.read(room)
+        return self._streams.offset(stream.seq if stream else 0)
 
     async def drop(self, room: str) -> None:
-        self._streams.pop(room, None)
+        stream = self._streams.read(room)
+        if stream is not None:
+            stream.items.clear()
 
 
 class MemoryInbox:
+    """Per-user streams; an acknowledged message is dropped at once."""
+
     def __init__(self, epoch: str) -> None:
-        self.epoch = epoch
-        self._streams: dict[str, _Stream] = defaultdict(_Stream)
-        self._acked: dict[str, int] = {}
+        self._streams = _Streams(epoch)
 
     async def push(self, user_id: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
-        stream = self._streams[user_id]
-        stream.seq += 1
-        offset = f"{self.epoch}:{stream.seq}"
-        message["offset"] = offset
-        now = time.time()
-        stream.items.append((stream.seq, now, message))
-        stream.trim(size, ttl, now)
-        return offset
+        return self._streams.add(user_id, message, size=size, ttl=ttl)
 
-    async def fetch(self, user_id: str, since: str | None = None, *, limit: int = 100) -> list[dict[str, Any]]:
-        stream = self._streams.get(user_id)
+    async def fetch(self, user_id: str, since: str | None = None, *,
+                    limit: int = 100) -> list[dict[str, Any]]:
+        stream = self._streams.read(user_id)
         if stream is None:
             return []
-        stream.trim(len(stream.items), 0, time.time())
-        floor = self._acked.get(user_id, 0)
-        parsed = _parse_offset(since)
-        if parsed is not None and parsed[0] == self.epoch:
-            floor = max(floor, parsed[1])
-        return [m for s, _, m in stream.items if s > floor][:limit]
+        return stream.after(self._streams.seq_of(since) or 0)[:limit]
 
     async def ack(self, user_id: str, offset: str) -> None:
-        parsed = _parse_offset(offset)
-        if parsed is None or parsed[0] != self.epoch:
+        seq = self._streams.seq_of(offset)
+        stream = self._streams.read(user_id)
+        if seq is None or stream is None:
             return
-        self._acked[user_id] = max(self._acked.get(user_id, 0), parsed[1])
-        stream = self._streams.get(user_id)
-        if stream is not None:
-            while stream.items and stream.items[0][0] <= parsed[1]:
-                stream.items.popleft()
+        items = stream.items
+        while items and items[0][0] <= seq:  # only what is there: later messages stay
+            items.popleft()
 
 
 class MemoryBackend:
@@ -254,6 +340,7 @@ class MemoryBackend:
         self.presence = MemoryPresenceStore()
         self.history = MemoryHistory(epoch)
         self.inbox = MemoryInbox(epoch)
+        self.notifications = MemoryNotificationStore()
 
     async def start(self, deliver: Deliver) -> None:
         await self.broker.start(deliver)
@@ -263,3 +350,35 @@ class MemoryBackend:
 
     async def ping(self) -> bool:
         return True
+
+
+class _Note:
+    __slots__ = ("notification", "read")
+
+    def __init__(self, notification: dict[str, Any]) -> None:
+        self.notification = notification
+        self.read = False
+
+
+class MemoryNotificationStore:
+    def __init__(self) -> None:
+        self._users: dict[str, dict[str, _Note]] = {}  # user -> id -> note, oldest first
+
+    async def add(self, user_id: str, notification: dict[str, Any], *, size: int) -> None:
+        notes = self._users.setdefault(user_id, {})
+        notes[notification["id"]] = _Note(notification)
+        while len(notes) > size:
+            del notes[next(iter(notes))]
+
+    async def unread(self, user_id: str) -> list[dict[str, Any]]:
+        return [n.notification for n in self._users.get(user_id, {}).values() if not n.read]
+
+    async def mark_read(self, user_id: str, ids: list[str]) -> int:
+        notes = self._users.get(user_id, {})
+        marked = 0
+        for nid in ids:
+            note = notes.get(nid)
+            if note is not None and not note.read:
+                note.read = True
+                marked += 1
+        return marked

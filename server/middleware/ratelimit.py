@@ -1,13 +1,15 @@
 """Token buckets per connection and per user, with per-type overrides (``rate_limit``).
 
 A frame of a type listed in ``per_type`` takes a token from that type's own bucket on its
-connection, and nothing else. Any other frame takes one from its connection's bucket and one
-from its user's bucket (shared by all of the user's connections on this node), and only when
-both have one. A refusal is ``RATE_LIMITED`` with ``retry_after``, the seconds until every
-bucket involved holds a token again; more than ``max_violations`` refusals within
-``violation_window`` seconds close the connection with 4013. Each refusal answers exactly one
-frame and the close bounds how many there can be, so the error frames need no limit of their
-own. With ``dry_run`` nothing is refused: every frame that would have been is logged.
+connection, and nothing else. A type a plugin stage limits itself (one in the stage's
+``rate_limited_types``, e.g. typing) takes nothing here unless ``per_type`` lists it. Any other
+frame takes one from its connection's bucket and one from its user's bucket (shared by all of
+the user's connections on this node), and only when both have one. A refusal is ``RATE_LIMITED``
+with ``retry_after``, the seconds until every bucket involved holds a token again; more than
+``max_violations`` refusals within ``violation_window`` seconds close the connection with 4013.
+Each refusal answers exactly one frame and the close bounds how many there can be, so the error
+frames need no limit of their own. With ``dry_run`` nothing is refused: every frame that would
+have been is logged.
 """
 
 from __future__ import annotations
@@ -121,9 +123,11 @@ class _ConnLimits:
 class RateLimitStage:
     name = "rate_limit"
 
-    def __init__(self, config: RateLimitConfig) -> None:
+    def __init__(self, config: RateLimitConfig, own_limits: frozenset[str] = frozenset()) -> None:
         self.config = config
         self.users = BucketMap(config.user_messages_per_minute, config.user_burst)
+        #: types a plugin stage limits itself (its ``rate_limited_types``), unless in ``per_type``
+        self.own_limits = own_limits
 
     def _limits(self, conn: "Connection") -> _ConnLimits:
         limits = conn.state.get(_STATE_KEY)
@@ -138,6 +142,8 @@ class RateLimitStage:
         now = time.monotonic()
         limits = self._limits(conn)
         override = cfg.per_type.get(env.type)
+        if override is None and env.type in self.own_limits:
+            return env
         if override is not None:
             buckets: tuple[TokenBucket, ...] = (limits.typed_bucket(env.type, override),)
         else:

@@ -1,0 +1,76 @@
+"""Notifications: ``notification`` to a user, stored unread and pushed to each of their
+connections; the unread ones are sent again on each new connection until ``notification.read``.
+
+Only roles in ``permissions.notify`` may send one over WebSocket. Services send them through the
+HTTP API, which calls :meth:`NotificationPlugin.notify`. Each user keeps their newest
+``notifications.max_per_user`` notifications (``services.backend.notifications``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from server.plugin_api import (BaseModel, ConfigDict, Context, ErrorCode, Field, MessageRejected,
+                               Plugin, handles, make_frame)
+
+
+class NotificationData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    notification_type: str = Field(min_length=1, description="e.g. new_follower, mention")
+    title: str = ""
+    message: str = ""
+    link: str | None = Field(None, description="where the notification leads, e.g. a URL")
+    data: dict[str, Any] = Field(default_factory=dict, description="free fields for the client")
+
+
+class Notification(NotificationData):
+    """A notification for you; ``replayed`` when it is an unread one sent again on connect."""
+
+    replayed: bool = False
+
+
+class ReadData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: list[str] = Field(description="ids of notifications to mark read; unknown ids are ignored")
+
+
+class NotificationPlugin(Plugin):
+    name = "notification"
+    emits = {"notification": Notification}
+
+    async def notify(self, to: str, data: NotificationData | Mapping[str, Any], *,
+                     sender: dict[str, str] | None = None) -> dict[str, Any]:
+        """Store a notification for user ``to`` (unread) and push it to each of their
+        connections. ``data`` is validated (pydantic.ValidationError when it is wrong);
+        ``sender`` is the frame's ``from`` (none for a service). Returns the frame."""
+        payload = data if isinstance(data, NotificationData) else NotificationData.model_validate(data)
+        body = {**payload.model_dump(), "replayed": False}
+        note = make_frame("notification", body, to=to, sender=sender)
+        services = self.services
+        await services.backend.notifications.add(to, note, size=services.config.notifications.max_per_user)
+        await services.send_to_user(to, "notification", body, id=note["id"], ts=note["ts"], to=to,
+                                    sender=sender)
+        self.log.debug("notification_sent", to=to, notification_id=note["id"],
+                       notification_type=payload.notification_type)
+        return note
+
+    @handles("notification", schema=NotificationData,
+             description="notify user 'to' (stored unread); only for roles in permissions.notify")
+    async def notification(self, ctx: Context, data: NotificationData) -> None:
+        if not ctx.user.has_any_role(ctx.server_config.permissions.notify):
+            raise MessageRejected(ErrorCode.FORBIDDEN, "your roles may not send notifications")
+        if ctx.to is None:
+            raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'to' is required")
+        note = await self.notify(ctx.to, data, sender=ctx.user.public())
+        await ctx.ack({"id": note["id"]})
+
+    @handles("notification.read", schema=ReadData, description="mark your notifications read")
+    async def read(self, ctx: Context, data: ReadData) -> None:
+        marked = await self.services.backend.notifications.mark_read(ctx.user.id, data.ids)
+        await ctx.ack({"read": marked})
+
+    async def on_connect(self, ctx: Context) -> None:
+        """The unread notifications again, oldest first, marked ``replayed``."""
+        for note in await self.services.backend.notifications.unread(ctx.user.id):
+            await ctx.reply("notification", {**note["data"], "replayed": True}, id=note["id"],
+                            ts=note["ts"], to=note["to"], sender=note.get("from"))

@@ -1,0 +1,191 @@
+"""Presence: the status a user sets (``presence``), the presence of users by id
+(``presence.query``) and ``user_status`` online/offline when a user's first connection opens
+or their last one closes.
+
+Who hears about a user: the users who share a room with them, counting only rooms whose
+``presence`` option is on (``rooms.namespaces.<ns>.presence: false`` leaves a namespace out),
+one frame per user however many rooms they share. Going offline waits
+``presence.grace_period`` (one timer per user, cancelled by a reconnect), so a page reload
+announces nothing. State lives in the backend's PresenceStore; this node holds only the timers.
+docs/protocol.md ("Presence") is the client's view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from server.plugin_api import (BaseModel, ConfigDict, Context, ErrorCode, Field, MessageRejected,
+                               Plugin, User, handles)
+
+Status = Literal["online", "away", "busy", "offline"]
+#: names a status's extra fields may not take: presence.state puts them beside these
+RESERVED = frozenset({"user_id", "online", "last_seen", "connections"})
+
+
+class PresenceData(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    status: Status = Field(description="online, away, busy or offline; other fields (device, ...) "
+                           "travel with it, up to presence.max_extra_bytes")
+
+
+class QueryData(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    user_ids: list[str] = Field(description="the users to look up, at most presence.max_query_users")
+
+
+class PresenceEvent(BaseModel):
+    """A room-mate (or your own other connection) set a status; extra fields as they sent them."""
+
+    model_config = ConfigDict(extra="allow")
+    user_id: str
+    status: Status
+
+
+class UserState(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    user_id: str
+    online: bool
+    status: Status
+    last_seen: float | None
+    connections: int
+
+
+class PresenceState(BaseModel):
+    """Answers presence.query: one entry per distinct id asked, in order."""
+
+    users: list[UserState]
+
+
+class UserStatus(BaseModel):
+    """A room-mate's first connection opened, or their last one closed presence.grace_period ago."""
+
+    user_id: str
+    status: Literal["online", "offline"]
+    last_seen: float | None
+
+
+@dataclass
+class _Departure:
+    """A user whose last connection on this node closed: offline when the grace period ends,
+    announced to the room-mates of the rooms those connections were in."""
+
+    user: User
+    rooms: set[str]
+    task: asyncio.Task[None] | None = None
+
+
+class PresencePlugin(Plugin):
+    name = "presence"
+    emits = {"presence": PresenceEvent, "presence.state": PresenceState, "user_status": UserStatus}
+
+    def __init__(self, config: Any, services: Any) -> None:
+        super().__init__(config, services)
+        self._departures: dict[str, _Departure] = {}
+
+    # --- client frames ----------------------------------------------------------------------
+    @handles("presence", schema=PresenceData,
+             description="set your status; the users sharing a room with you get a presence event")
+    async def presence(self, ctx: Context, data: PresenceData) -> None:
+        settings = self.services.config.presence
+        if not settings.enabled:
+            raise MessageRejected(ErrorCode.FORBIDDEN, "presence is turned off on this server")
+        extra = data.model_extra or {}
+        reserved = sorted(RESERVED & extra.keys())
+        if reserved:
+            raise MessageRejected(ErrorCode.INVALID_MESSAGE,
+                                  f"data.{reserved[0]}: is reserved, not a status field")
+        size = len(json.dumps(extra, separators=(",", ":"), ensure_ascii=False).encode())
+        if extra and size > settings.max_extra_bytes:
+            raise MessageRejected(ErrorCode.INVALID_MESSAGE,
+                                  f"data: the extra status fields take {size} bytes, more than "
+                                  f"presence.max_extra_bytes ({settings.max_extra_bytes})")
+        user = ctx.user
+        status = {"status": data.status, **extra}
+        await self.services.backend.presence.set_status(user.id, status)
+        event = {"user_id": user.id, **status}
+        rooms = await self.services.backend.rooms.user_rooms(user.id)
+        await self._tell(await self._room_mates(user.id, rooms), "presence", event, user)
+        await ctx.send_to_user(user.id, "presence", event, exclude_self=True)
+        await ctx.ack()
+
+    @handles("presence.query", schema=QueryData,
+             description="the presence of users by id: online, status, last_seen, connections")
+    async def query(self, ctx: Context, data: QueryData) -> None:
+        limit = self.services.config.presence.max_query_users
+        if len(data.user_ids) > limit:
+            raise MessageRejected(ErrorCode.INVALID_MESSAGE,
+                                  f"data.user_ids: at most {limit} ids (presence.max_query_users), "
+                                  f"got {len(data.user_ids)}")
+        users = await self.services.backend.presence.snapshot(list(dict.fromkeys(data.user_ids)))
+        await ctx.reply("presence.state", {"users": [u.public() for u in users]})
+
+    # --- online / offline -------------------------------------------------------------------
+    async def on_connect(self, ctx: Context) -> None:
+        user = ctx.user
+        departure = self._departures.pop(user.id, None)
+        if departure is not None and departure.task is not None:
+            departure.task.cancel()  # back within the grace period
+        if not self.services.config.presence.enabled:
+            return
+        store = self.services.backend.presence
+        if await store.mark_online(user.id):
+            rooms = await self.services.backend.rooms.user_rooms(user.id)
+            await self._announce(user, "online", rooms, await store.last_seen(user.id))
+
+    async def on_disconnect(self, ctx: Context) -> None:
+        user = ctx.user
+        if not self.services.config.presence.enabled:
+            return
+        if await self.services.backend.presence.connections(user.id):
+            return  # another connection is still open
+        departure = self._departures.get(user.id)
+        if departure is not None:  # two connections closed at once: one timer for both
+            departure.rooms |= ctx.conn.rooms
+            return
+        departure = self._departures[user.id] = _Departure(user, set(ctx.conn.rooms))
+        departure.task = asyncio.get_running_loop().create_task(
+            self._depart(user.id, self.services.config.presence.grace_period))
+
+    async def _depart(self, user_id: str, grace: float) -> None:
+        await asyncio.sleep(grace)
+        departure = self._departures.pop(user_id)  # a reconnect can no longer cancel this
+        try:
+            last_seen = await self.services.backend.presence.mark_offline(user_id)
+            if last_seen is not None:
+                await self._announce(departure.user, "offline", departure.rooms, last_seen)
+        except Exception:
+            self.log.exception("presence_offline_failed", user_id=user_id)
+
+    async def on_shutdown(self) -> None:
+        tasks = [d.task for d in self._departures.values() if d.task is not None]
+        self._departures.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- fan-out ----------------------------------------------------------------------------
+    async def _announce(self, user: User, status: str, rooms: Iterable[str],
+                        last_seen: float | None) -> None:
+        mates = await self._room_mates(user.id, rooms)
+        await self._tell(mates, "user_status",
+                         {"user_id": user.id, "status": status, "last_seen": last_seen}, user)
+        self.log.info("user_status", user_id=user.id, status=status, told=len(mates))
+
+    async def _room_mates(self, user_id: str, rooms: Iterable[str]) -> set[str]:
+        """The users sharing one of ``rooms`` with ``user_id``, in rooms with presence on."""
+        store, options = self.services.backend.rooms, self.services.config.rooms.options
+        mates: set[str] = set()
+        for room in rooms:
+            if options(room).presence:
+                mates.update(await store.members(room))
+        mates.discard(user_id)
+        return mates
+
+    async def _tell(self, users: set[str], type_: str, data: dict[str, Any], sender: User) -> None:
+        """One frame to every connection of each of ``users`` (never twice to one user)."""
+        for user_id in users:
+            await self.services.send_to_user(user_id, type_, data, sender=sender.public())

@@ -1,0 +1,145 @@
+"""The results of ``switchboard bench``: a JSON-ready summary, a table (rich) and the verdict
+(exit status 1 when a delivery was lost or the failures exceed ``--max-errors``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from array import array
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from .bench import Params, Results
+
+
+def percentiles(values: array[float], points: tuple[float, ...]) -> list[float] | None:
+    """Nearest-rank percentiles, None without values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return [round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))], 3) for p in points]
+
+
+def _rate(count: int, start_ns: int, end_ns: int) -> float | None:
+    seconds = (end_ns - start_ns) / 1e9
+    return round(count / seconds, 1) if count and seconds > 0 else None
+
+
+def _percent(cpu: float | None, wall: float) -> float | None:
+    return round(100 * cpu / wall, 1) if cpu is not None and wall else None
+
+
+def test_summary(res: Results) -> dict[str, Any]:
+    connect = percentiles(res.connect_ms, (50, 99))
+    out: dict[str, Any] = {
+        "elapsed_s": round(res.elapsed, 3),
+        "connections": {
+            "attempted": res.attempted, "opened": res.opened,
+            "per_second": round(res.opened / res.connect_seconds, 1) if res.connect_seconds else None,
+            "latency_ms": dict(zip(("p50", "p99"), connect)) if connect else None,
+        },
+        "failures": dict(res.failures.most_common()),
+        "messages": None, "deliveries": None, "latency_ms": None, "cpu_us_per_delivery": None,
+        "server": {"pid": res.server_pid, "rss_mib": res.rss} if res.rss else None,
+        "generator_cpu_percent": _percent(res.cpu, res.phase),
+        "server_cpu_percent": _percent(res.server_cpu, res.phase),
+    }
+    if res.name != "storm":
+        latency = percentiles(res.latency_ms, (50, 90, 99, 100))
+        out["messages"] = {"sent": res.sent, "acked": res.acked,
+                           "per_second": _rate(res.sent, res.first_send, res.last_send)}
+        out["deliveries"] = {"expected": res.expected, "received": res.delivered,
+                             "lost": res.lost, "duplicates": res.duplicates,
+                             "per_second": _rate(res.delivered, res.first_send, res.last_delivery)}
+        out["latency_ms"] = dict(zip(("p50", "p90", "p99", "max"), latency)) if latency else None
+        # CPU per delivery does not depend on what else the machine runs: a generator that
+        # spends less than the server per delivery can keep up with it on a core of its own
+        out["cpu_us_per_delivery"] = {
+            "server": round(res.server_cpu * 1e6 / res.delivered, 2)
+            if res.server_cpu is not None and res.delivered else None,
+            "generator": round(res.cpu * 1e6 / res.delivered, 2) if res.delivered else None}
+    return out
+
+
+def summary(params: Params, results: list[Results], *, target: str) -> dict[str, Any]:
+    tests = {res.name: test_summary(res) for res in results}
+    lost = sum((t["deliveries"] or {}).get("lost", 0) for t in tests.values())
+    errors = sum(sum(t["failures"].values()) for t in tests.values())
+    problems = []
+    if lost:
+        problems.append(f"{lost} deliveries lost")
+    if errors > params.max_errors:
+        problems.append(f"{errors} failures (--max-errors {params.max_errors})")
+    return {"target": target, "url": params.url, "params": dataclasses.asdict(params),
+            "tests": tests, "lost": lost, "errors": errors, "problems": problems,
+            "exit_status": 1 if problems else 0}
+
+
+def _ms(values: dict[str, float] | None, keys: tuple[str, ...]) -> str:
+    return "/".join(f"{values[k]:.1f}" for k in keys) if values else "-"
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+
+
+def _rows(t: dict[str, Any]) -> list[str]:
+    conn, msgs, dels, server = t["connections"], t["messages"], t["deliveries"], t["server"]
+    failures = "; ".join(f"{r}: {n}" for r, n in t["failures"].items()) or "none"
+    rss = server["rss_mib"] if server else None
+    return [
+        f"{conn['opened']}/{conn['attempted']}",
+        _num(conn["per_second"]),
+        _ms(conn["latency_ms"], ("p50", "p99")),
+        failures,
+        f"{msgs['sent']:,} ({msgs['acked']:,})" if msgs else "-",
+        f"{dels['received']:,}/{dels['expected']:,}" if dels else "-",
+        _num(dels["per_second"]) if dels else "-",
+        _ms(t["latency_ms"], ("p50", "p90", "p99", "max")),
+        f"{dels['lost']:,}" if dels else "-",
+        f"{rss['start']:.0f}→{rss['peak']:.0f}→{rss['end']:.0f}" if rss else "-",
+        _pct(t["server_cpu_percent"]),
+        _pct(t["generator_cpu_percent"]),
+    ]
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
+
+
+LABELS = ("connections open", "connections/s", "connect ms p50/p99", "failures",
+          "messages sent (acked)", "deliveries received/due", "deliveries/s",
+          "latency ms p50/p90/p99/max", "messages lost", "server RSS MiB start→peak→end",
+          "server CPU", "load generator CPU")
+
+
+def render(report: dict[str, Any], *, json_path: str | None) -> None:
+    """The table on stdout (stderr when the JSON goes to stdout), the JSON to ``json_path``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=json_path == "-", highlight=False)
+    if not console.is_terminal:
+        console.width = 160
+    table = Table(title=f"switchboard bench: {report['target']} at {report['url']}",
+                  title_justify="left")
+    table.add_column("", no_wrap=True)
+    for name in report["tests"]:
+        table.add_column(name, justify="right")
+    columns = [_rows(t) for t in report["tests"].values()]
+    for i, label in enumerate(LABELS):
+        table.add_row(label, *(col[i] for col in columns))
+    console.print(table)
+    reasons = " ".join(r for t in report["tests"].values() for r in t["failures"])
+    if "429" in reasons or "RATE_LIMITED" in reasons:
+        console.print("hint: the server's limits refused the load; raise security.max_connections_per_ip, "
+                      "security.connect_rate_per_ip and rate_limit for a benchmark (docs/benchmarks.md)")
+    for problem in report["problems"]:
+        console.print(f"FAILED: {problem}", style="bold red")
+    if json_path == "-":
+        sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
+    elif json_path:
+        with open(json_path, "wb") as fh:
+            fh.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")

@@ -1,0 +1,79 @@
+"""The demo page at ``GET /`` (aiohttp-jinja2, template ``static/index.html``) and the files
+of ``static/`` under ``/static/``, among them the browser client ``switchboard.js``.
+
+The page is given what it needs from the config, read at each request (so a config reload
+shows): the WebSocket path, relative like every other URL of the page, so it also works behind
+a reverse proxy that serves it under a path prefix; the features the enabled plugins handle
+(the page shows nothing else); the limits; whether dev login is on; the roles of operators.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+
+from . import __version__
+from .keys import REGISTRY, SERVICES
+from .openapi import describe
+
+STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+
+#: page feature -> the message type whose handler provides it
+FEATURE_TYPES = {
+    "history": "history",
+    "private": "inbox.ack",
+    "typing": "typing",
+    "presence": "presence",
+    "notifications": "notification.read",
+}
+
+#: everything the page loads comes from this server; no inline script runs
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+                               "style-src 'self'; script-src 'self'; object-src 'none'; "
+                               "base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def setup(app: web.Application) -> None:
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(STATIC_DIR),
+                         autoescape=jinja2.select_autoescape(["html"]))
+    app.router.add_get("/", index)
+    app.router.add_static("/static/", STATIC_DIR)
+
+
+def page_config(request: web.Request) -> dict[str, Any]:
+    """What the page knows about this server (rendered into it as JSON)."""
+    cfg = request.app[SERVICES].config
+    types = set(request.app[REGISTRY].handlers)
+    features = {name: type_ in types for name, type_ in FEATURE_TYPES.items()}
+    features["presence"] = features["presence"] and cfg.presence.enabled
+    return {
+        "ws_path": cfg.server.ws_path.lstrip("/"),
+        "dev_login": cfg.auth.dev_login,
+        "features": features,
+        "limits": {
+            "max_message_length": cfg.messages.max_message_length,
+            "max_rooms_per_user": cfg.rooms.max_rooms_per_user,
+            "allow_client_create": cfg.rooms.allow_client_create,
+            "typing_timeout": cfg.typing.timeout,
+        },
+        "default_rooms": list(cfg.rooms.default_rooms),
+        "roles": {"admin": list(cfg.api.admin_roles), "notify": list(cfg.permissions.notify)},
+        "version": __version__,
+    }
+
+
+@describe("The demo page", content_type="text/html", tags=("pages",))
+async def index(request: web.Request) -> web.Response:
+    page = page_config(request)
+    response = aiohttp_jinja2.render_template("index.html", request, {"page": page, **page})
+    response.headers.update(_HEADERS)
+    return response

@@ -1,0 +1,121 @@
+"""``POST /api/messages`` goes the way of a ``message`` frame: the same permission checks,
+rate limits (shared with the user's WebSocket connections), length limit and filter, and the
+chat plugin's delivery; and the inbox over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.conftest import Connect, connector, make_token
+
+
+def bearer(user: str, **kw: Any) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(user, username=f'user-{user}', **kw)}"}
+
+
+async def post(client: TestClient, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any, Any]:
+    async with client.post("/api/messages", json=body, headers=headers) as resp:
+        return resp.status, await resp.json(), resp.headers
+
+
+async def test_a_room_message_reaches_the_members_as_from_the_bearer(client: TestClient,
+                                                                    connect: Connect) -> None:
+    alice_tab = await connect("alice", query={"rooms": "lobby"}, username="alice")
+    bob = await connect("bob", query={"rooms": "lobby"})
+    status, body, _ = await post(client, {"room": "lobby", "content": "hello", "data": {"mood": "ok"}},
+                                 bearer("alice"))
+    assert status == 200 and body["id"] and body["offset"]
+    got = await bob.recv_type("message")
+    assert got["id"] == body["id"] and got["offset"] == body["offset"]
+    assert got["from"] == {"id": "alice", "username": "user-alice"}
+    assert got["data"] == {"mood": "ok", "content": "hello"}
+    echo = await alice_tab.recv_type("message")  # the sender's open tab gets the copy
+    assert echo["id"] == body["id"]
+
+
+async def test_the_bearer_must_be_in_the_room(client: TestClient, connect: Connect) -> None:
+    await connect("bob", query={"rooms": "lobby"})
+    status, body, _ = await post(client, {"room": "lobby", "content": "hi"}, bearer("stranger"))
+    assert status == 403 and body["error"]["code"] == "NOT_IN_ROOM"
+
+
+async def test_the_permission_of_the_type_applies(make_server: Any) -> None:
+    client = await make_server({"permissions": {"types": {"message": ["staff"]}}})
+    connect = connector(client)
+    await connect("u", query={"rooms": "lobby"})
+    await connect("s", query={"rooms": "lobby"}, roles=["staff"])
+    status, body, _ = await post(client, {"room": "lobby", "content": "hi"}, bearer("u"))
+    assert status == 403 and body["error"]["code"] == "FORBIDDEN"
+    status, _, _ = await post(client, {"room": "lobby", "content": "hi"}, bearer("s", roles=["staff"]))
+    assert status == 200
+
+
+async def test_length_and_filter_apply(make_server: Any) -> None:
+    client = await make_server({"messages": {"max_message_length": 10,
+                                             "filter": {"enabled": True, "words": ["darn"]}}})
+    await connector(client)("u", query={"rooms": "lobby"})
+    status, body, _ = await post(client, {"room": "lobby", "content": "x" * 11}, bearer("u"))
+    assert status == 413 and body["error"]["code"] == "MESSAGE_TOO_LONG"
+    status, body, _ = await post(client, {"room": "lobby", "content": "oh darn"}, bearer("u"))
+    assert status == 422 and body["error"]["code"] == "MESSAGE_FILTERED"
+
+
+async def test_masking_changes_what_members_get(make_server: Any) -> None:
+    client = await make_server({"messages": {"filter": {"enabled": True, "action": "mask",
+                                                        "words": ["darn"]}}})
+    connect = connector(client)
+    await connect("u", query={"rooms": "lobby"})
+    other = await connect("v", query={"rooms": "lobby"})
+    status, _, _ = await post(client, {"room": "lobby", "content": "oh darn it"}, bearer("u"))
+    assert status == 200
+    assert (await other.recv_type("message"))["data"]["content"] == "oh **** it"
+
+
+async def test_the_rate_limit_is_the_users_over_http_and_websocket(make_server: Any) -> None:
+    client = await make_server({"rate_limit": {"user_messages_per_minute": 1, "user_burst": 2,
+                                               "max_violations": 100}})
+    ws = await connector(client)("u", query={"rooms": "lobby"})
+    assert (await ws.request("message", room="lobby", data={"content": "ws"}))["type"] == "ack"
+    status, _, _ = await post(client, {"room": "lobby", "content": "http"}, bearer("u"))
+    assert status == 200
+    status, body, headers = await post(client, {"room": "lobby", "content": "more"}, bearer("u"))
+    assert status == 429 and body["error"]["code"] == "RATE_LIMITED"
+    assert body["error"]["retry_after"] > 0 and int(headers["Retry-After"]) >= 1
+    reply = await ws.request("message", room="lobby", data={"content": "ws again"})
+    assert reply["data"]["code"] == "RATE_LIMITED"  # the same bucket
+
+
+async def test_a_per_type_limit_holds_across_http_calls(make_server: Any) -> None:
+    client = await make_server({"rate_limit": {"per_type": {"message": {"messages_per_minute": 1,
+                                                                        "burst": 1}}}})
+    await connector(client)("u", query={"rooms": "lobby"})
+    assert (await post(client, {"room": "lobby", "content": "1"}, bearer("u")))[0] == 200
+    assert (await post(client, {"room": "lobby", "content": "2"}, bearer("u")))[0] == 429
+
+
+async def test_a_private_message_to_an_offline_user_waits_in_their_inbox(client: TestClient,
+                                                                        connect: Connect) -> None:
+    status, sent, _ = await post(client, {"to": "bob", "content": "call me"}, bearer("alice"))
+    assert status == 200 and sent["offset"]
+    async with client.get("/api/messages/inbox", headers=bearer("bob")) as resp:
+        assert resp.status == 200
+        inbox = (await resp.json())["messages"]
+    assert [(m["id"], m["data"]["content"], m["from"]["id"]) for m in inbox] == \
+        [(sent["id"], "call me", "alice")]
+    async with client.get(f"/api/messages/inbox?since={sent['offset']}", headers=bearer("bob")) as resp:
+        assert (await resp.json())["messages"] == []
+    async with client.get("/api/messages/inbox", headers=bearer("alice")) as resp:
+        assert (await resp.json())["messages"] == []  # the bearer's own inbox only
+    bob = await connect("bob")
+    assert (await bob.recv_type("message"))["id"] == sent["id"]
+
+
+async def test_a_private_message_to_an_online_user_is_pushed(client: TestClient,
+                                                            connect: Connect) -> None:
+    bob = await connect("bob")
+    status, sent, _ = await post(client, {"to": "bob", "content": "psst"}, bearer("alice"))
+    assert status == 200
+    got = await bob.recv_type("message")
+    assert got["id"] == sent["id"] and got["to"] == "bob" and got["data"]["content"] == "psst"
