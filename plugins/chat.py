@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 
 from server.plugin_api import (BaseModel, ConfigDict, Context, ErrorCode, Field, MessageRejected,
                                Plugin, handles)
@@ -95,17 +94,6 @@ def _need_room(ctx: Context) -> str:
     return ctx.room
 
 
-def _fitting(frames: list[dict[str, Any]], max_bytes: int, max_count: int) -> int:
-    """How many of ``frames``, from the first, fit in ``max_bytes`` and ``max_count`` once
-    encoded (at least one, when there is one)."""
-    used = 0
-    for n, message in enumerate(frames[:max_count]):
-        used += len(orjson.dumps(message))
-        if used > max_bytes and n:
-            return n
-    return min(len(frames), max_count)
-
-
 def _has_more(messages: list[dict[str, Any]], top: str) -> bool:
     """Newer kept messages follow the page (the newest kept is always the top)."""
     return bool(messages) and messages[-1]["offset"] != top
@@ -115,11 +103,6 @@ class ChatPlugin(Plugin):
     name = "chat"
     emits = {"joined": Joined, "left": Left, "message": MessageData, "broadcast": BroadcastData,
              "history": HistoryReply, "system_message": None}
-
-    def _budget(self) -> tuple[int, int]:
-        """Bytes and frames a replay may put on a connection's outbound queue at once."""
-        server = self.services.config.server
-        return server.write_buffer_size // 2, max(server.max_queued_messages // 2, 1)
 
     # --- rooms ----------------------------------------------------------------------------
     @handles("join", schema=JoinData,
@@ -134,7 +117,7 @@ class ChatPlugin(Plugin):
         else:
             page = await history.since(room, data.since,
                                        limit=max(ctx.room_options(room).history_size, 1))
-            missed = page.messages[:_fitting(page.messages, *self._budget())]
+            missed = page.messages[:ctx.replay_fit(page.messages)]
             recovered, top = page.recovered, page.offset
         await ctx.reply("joined", {"room": room, "members_count": count, "recovered": recovered,
                                    "missed": missed, "offset": top,
@@ -155,9 +138,9 @@ class ChatPlugin(Plugin):
         page = await self.services.backend.history.since(room, data.since, limit=data.limit)
         messages = page.messages
         if data.since is None:  # the latest page: what does not fit goes from its old end
-            messages = messages[len(messages) - _fitting(messages[::-1], *self._budget()):]
+            messages = messages[len(messages) - ctx.replay_fit(messages[::-1]):]
         else:
-            messages = messages[:_fitting(messages, *self._budget())]
+            messages = messages[:ctx.replay_fit(messages)]
         await ctx.reply("history", {"room": room, "messages": messages, "offset": page.offset,
                                     "recovered": page.recovered,
                                     "has_more": _has_more(messages, page.offset)}, room=room)
@@ -217,7 +200,7 @@ class ChatPlugin(Plugin):
                                                      limit=services.config.inbox.size)
         if not pending:
             return
-        count = _fitting(pending, *self._budget())
+        count = ctx.replay_fit(pending)
         for message in pending[:count]:
             services.send_frame(ctx.conn, {**message, "inbox": True})
         if count < len(pending):

@@ -70,7 +70,12 @@ class NotificationPlugin(Plugin):
         await ctx.ack({"read": marked})
 
     async def on_connect(self, ctx: Context) -> None:
-        """The unread notifications again, oldest first, marked ``replayed``."""
-        for note in await self.services.backend.notifications.unread(ctx.user.id):
+        """The unread notifications again, oldest first, marked ``replayed``; as many as fit
+        half the outbound queue (the rest stay unread and come on a later connect)."""
+        unread = await self.services.backend.notifications.unread(ctx.user.id)
+        count = ctx.replay_fit(unread)
+        if count < len(unread):
+            ctx.log.info("notifications_held_back", replayed=count, waiting=len(unread) - count)
+        for note in unread[:count]:
             await ctx.reply("notification", {**note["data"], "replayed": True}, id=note["id"],
                             ts=note["ts"], to=note["to"], sender=note.get("from"))

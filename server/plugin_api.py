@@ -51,7 +51,7 @@ from .config import Config, RoomOptions
 from .connection import Connection
 from .errors import CloseConnection, MessageRejected
 from .middleware.ratelimit import TokenBucket
-from .protocol import CloseCode, Envelope, ErrorCode
+from .protocol import CloseCode, Envelope, ErrorCode, encode
 from .protocol import frame as make_frame
 
 if TYPE_CHECKING:
@@ -269,6 +269,26 @@ class Context:
         """Leave ``room`` (NOT_IN_ROOM when not a member); returns the member count."""
         return await self.services.leave(self.conn, room)
 
+    def replay_fit(self, frames: list[dict[str, Any]]) -> int:
+        """How many of ``frames``, from the first, to send at once when replaying stored
+        messages: they must fit in half of this connection's outbound queue
+        (``server.write_buffer_size`` bytes, ``server.max_queued_messages`` frames), or a
+        reconnecting client would be closed with 4008 by its own catch-up. At least one."""
+        server = self.services.config.server
+        return fit_frames(frames, server.write_buffer_size // 2,
+                          max(server.max_queued_messages // 2, 1))
+
     def room_options(self, room: str) -> RoomOptions:
         """The ``rooms`` config that applies to ``room`` (namespace options merged)."""
         return self.services.config.rooms.options(room)
+
+
+def fit_frames(frames: list[dict[str, Any]], max_bytes: int, max_count: int) -> int:
+    """How many of ``frames``, from the first, fit in ``max_bytes`` and ``max_count`` once
+    encoded (at least one, when there is one)."""
+    used = 0
+    for n, message in enumerate(frames[:max_count]):
+        used += len(encode(message))
+        if used > max_bytes and n:
+            return n
+    return min(len(frames), max_count)

@@ -142,3 +142,30 @@ async def test_services_notify_through_the_plugin_method(make_server: Any) -> No
     assert [f for f in await until_pong(ws) if f["type"] == "notification"] == []
     again = await connect("u")
     assert [f["id"] for f in await until_pong(again) if f["type"] == "notification"] == [note["id"]]
+
+
+async def test_unread_replay_on_connect_fits_the_outbound_queue(make_server: Any) -> None:
+    """Many large unread notifications must not close the reconnecting client with 4008."""
+    client = await make_server({
+        "plugins": {"enabled": ["chat", "plugins.notification:NotificationPlugin"]},
+        "server": {"write_buffer_size": 64 * 1024, "max_queued_messages": 1000},
+        "notifications": {"max_per_user": 100},
+        "rate_limit": {"enabled": False},
+    })
+    connect = connector(client)
+    admin = await connect("admin", roles=["admin"])
+    body = "n" * 4000
+    for i in range(40):  # ~160 KB unread: more than the 64 KiB queue
+        reply = await admin.request("notification", to="bob",
+                                    data={"notification_type": "mention", "title": f"t{i}",
+                                          "message": body})
+        assert reply["type"] == "ack", reply
+    bob = await connect("bob")
+    await bob.send("ping", id="marker")  # answered after everything queued on connect
+    replayed = []
+    while (frame := await bob.recv())["type"] != "pong":
+        assert frame["type"] == "notification" and frame["data"]["replayed"] is True
+        replayed.append(frame["data"]["title"])
+    assert not bob.ws.closed
+    assert 0 < len(replayed) < 40
+    assert replayed == [f"t{i}" for i in range(len(replayed))]  # oldest first
