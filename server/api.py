@@ -326,7 +326,8 @@ async def room_create(request: web.Request, caller: Caller, body: RoomCreate) ->
     if await rooms.get(body.id) is not None:
         raise ApiError(409, HttpCode.ROOM_EXISTS, f"room {body.id!r} exists already")
     if await rooms.count() >= cap:
-        raise ApiError(409, ErrorCode.ROOM_LIMIT_REACHED, f"the server holds its maximum of {cap} rooms")
+        raise ApiError(409, ErrorCode.ROOM_LIMIT_REACHED,
+                       f"the server holds its maximum of {cap} rooms")
     info, created = await rooms.create(body.id, name=body.name, description=body.description,
                                        max_members=body.max_members)
     if not created:
@@ -365,11 +366,13 @@ async def room_members(request: web.Request, query: Page) -> Members:
 async def room_history(request: web.Request, caller: Caller, query: SinceQuery) -> RoomHistory:
     services = request.app[SERVICES]
     room = (await _existing(services, request.match_info["id"])).id
-    if not caller.admin and room not in await services.backend.rooms.user_rooms(caller.need_user().id):
+    if not caller.admin and room not in await services.backend.rooms.user_rooms(
+            caller.need_user().id):
         raise ApiError(403, ErrorCode.NOT_IN_ROOM, f"only members of {room!r} may read its history")
     page = await services.backend.history.since(room, query.since,
                                                 limit=_limit(services, query.limit))
-    return RoomHistory(room=room, messages=page.messages, recovered=page.recovered, offset=page.offset)
+    return RoomHistory(room=room, messages=page.messages, recovered=page.recovered,
+                       offset=page.offset)
 
 
 async def _membership(request: web.Request, user: User, type_: str) -> Membership:
@@ -487,6 +490,7 @@ async def message_post(request: web.Request, caller: Caller, body: MessagePost) 
     user = caller.need_user()
     state = request.app[HTTP_SESSIONS].state(user.id, services.config)
     conn = HttpConnection(user, request, state, await services.backend.rooms.user_rooms(user.id))
+    services.stats.messages_in += 1
     frame_id = new_id()
     frame = {"type": "message", "id": frame_id, "room": body.room, "to": body.to,
              "data": {**body.data, "content": body.content}}
@@ -500,7 +504,8 @@ async def message_post(request: web.Request, caller: Caller, body: MessagePost) 
     data = reply.get("data") or {}
     if reply["type"] == "error":
         raise rejected(MessageRejected(data.get("code", ErrorCode.INTERNAL_ERROR),
-                                       data.get("message", ""), retry_after=data.get("retry_after")))
+                                       data.get("message", ""),
+                                       retry_after=data.get("retry_after")))
     return MessageSent.model_validate(data)
 
 
@@ -637,7 +642,8 @@ async def disconnect(request: web.Request, caller: Caller, body: DisconnectBody)
     conns = [c for c in request.app[SERVICES].hub.user_connections(body.user_id) if not c.closing]
     for conn in conns:
         conn.close(body.code, body.reason or "disconnected by an operator")
-    log.info("api_disconnect", user_id=body.user_id, code=body.code, closed=len(conns), by=caller.name)
+    log.info("api_disconnect", user_id=body.user_id, code=body.code, closed=len(conns),
+             by=caller.name)
     return Closed(closed=len(conns))
 
 

@@ -36,7 +36,8 @@ _HANDLER_NAME = "switchboard"
 #: processor, and ``set_level`` reaches loggers bound before it (each connection's)
 _METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "msg": logging.INFO,
                   "warning": logging.WARNING, "warn": logging.WARNING, "error": logging.ERROR,
-                  "exception": logging.ERROR, "critical": logging.CRITICAL, "fatal": logging.CRITICAL}
+                  "exception": logging.ERROR, "critical": logging.CRITICAL,
+                  "fatal": logging.CRITICAL}
 _level = logging.INFO
 
 
@@ -45,7 +46,8 @@ def scrub(text: str) -> str:
     return _SECRET_TEXT.sub(lambda m: (m.group("prefix") or "") + REDACTED, text)
 
 
-def _below_level(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+def _below_level(_: Any, method: str,
+                 event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if _METHOD_LEVELS.get(method, logging.INFO) < _level:
         raise structlog.DropEvent
     return event

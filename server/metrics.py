@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 K = TypeVar("K", bound=Hashable)
 
 #: seconds to enqueue one publication on every local recipient
-FANOUT_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1)
+FANOUT_BUCKETS = (1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05,
+                  0.1)
 #: seconds from a frame's arrival to the end of its handler
 HANDLER_BUCKETS = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                    2.5)
@@ -87,7 +88,7 @@ class Histogram:
 
     def cumulative(self) -> list[tuple[str, float]]:
         out, total = [], 0
-        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts):
+        for bound, n in zip((*map(str, self.bounds), "+Inf"), self.counts, strict=True):
             total += n
             out.append((bound, float(total)))
         return out
@@ -195,12 +196,14 @@ class _Collector(Collector):
                                 value=time.time() - m.started)
         yield GaugeMetricFamily("switchboard_draining", "1 while the server is shutting down",
                                 value=1 if hub.draining else 0)
-        yield GaugeMetricFamily("switchboard_connections", "Open WebSocket connections on this node",
-                                value=len(conns))
+        yield GaugeMetricFamily("switchboard_connections",
+                                "Open WebSocket connections on this node", value=len(conns))
         yield GaugeMetricFamily("switchboard_connected_users",
-                                "Users with an open connection on this node", value=len(hub.by_user))
+                                "Users with an open connection on this node",
+                                value=len(hub.by_user))
         yield CounterMetricFamily("switchboard_connections_opened",
-                                  "WebSocket connections opened (after authentication)", value=m.opened)
+                                  "WebSocket connections opened (after authentication)",
+                                  value=m.opened)
         yield _counter("switchboard_connections_closed",
                        "WebSocket connections closed, by close code (0: no close frame)", "code",
                        m.closed)
@@ -216,11 +219,13 @@ class _Collector(Collector):
         yield handler
         yield _counter("switchboard_messages_out", "Frames queued to clients, by type", "type",
                        m.messages_out)
-        yield _counter("switchboard_errors", "Error frames sent to clients, by code", "code", m.errors)
+        yield _counter("switchboard_errors", "Error frames sent to clients, by code", "code",
+                       m.errors)
         yield CounterMetricFamily("switchboard_rate_limited_frames",
                                   "Client frames refused with RATE_LIMITED", value=m.rate_limited)
         yield CounterMetricFamily("switchboard_slow_consumer_closes",
-                                  "Connections closed as slow consumers (4008)", value=m.slow_consumers)
+                                  "Connections closed as slow consumers (4008)",
+                                  value=m.slow_consumers)
         yield GaugeMetricFamily("switchboard_outbound_queue_frames",
                                 "Frames waiting in the outbound queues of all connections",
                                 value=sum(c.queued for c in conns))
@@ -230,8 +235,9 @@ class _Collector(Collector):
         yield GaugeMetricFamily("switchboard_outbound_queue_max_frames",
                                 "The longest outbound queue, in frames",
                                 value=max((c.queued for c in conns), default=0))
-        fanout = HistogramMetricFamily("switchboard_fanout_duration_seconds",
-                                       "Seconds to enqueue one publication on every local recipient")
+        fanout = HistogramMetricFamily(
+            "switchboard_fanout_duration_seconds",
+            "Seconds to enqueue one publication on every local recipient")
         fanout.add_metric([], m.fanout.cumulative(), m.fanout.sum)
         yield fanout
         yield _counter("switchboard_backend_errors", "Failed backend calls, by operation",

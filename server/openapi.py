@@ -28,6 +28,7 @@ import hashlib
 import hmac
 import http
 import inspect
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterator, Literal, Sequence, cast, overload
@@ -107,7 +108,7 @@ def rejected(exc: MessageRejected) -> ApiError:
     if exc.retry_after is None:
         return ApiError(STATUS_OF.get(exc.code, 400), exc.code, exc.message)
     return ApiError(STATUS_OF.get(exc.code, 400), exc.code, exc.message,
-                    headers={"Retry-After": str(max(1, round(exc.retry_after + 0.499)))},
+                    headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
                     retry_after=exc.retry_after)
 
 
@@ -251,7 +252,10 @@ class Operation:
 Handler = Callable[..., Awaitable[Any]]
 
 
-def _endpoint(op: Operation, handler: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _endpoint(op: Operation, handler: Handler) -> Endpoint:
     wants = set(inspect.signature(handler).parameters)
     for name, given in (("query", op.query), ("body", op.body)):
         if (name in wants) != (given is not None):
@@ -340,11 +344,10 @@ def describe(summary: str, **op: Any) -> Callable[[Handler], Handler]:
 
 # --- the error middleware -----------------------------------------------------------------------
 @web.middleware
-async def error_middleware(request: web.Request,
-                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-                           ) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: Endpoint) -> web.StreamResponse:
     """Every error as a JSON body (aiohttp's own 404, 405 and 413 included; an unexpected
     exception is a logged 500), and every answer counted in the metrics."""
+    upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -354,6 +357,8 @@ async def error_middleware(request: web.Request,
         response = json_error(exc.status, _CODE_OF_STATUS.get(exc.status, f"HTTP_{exc.status}"),
                               exc.reason, headers=headers)
     except Exception:
+        if upgrade:  # the WebSocket may be open already: no answer to replace; aiohttp logs it
+            raise
         log.exception("http_handler_failed", method=request.method, path=request.path)
         response = json_error(500, ErrorCode.INTERNAL_ERROR, "internal error")
     route = request.match_info.route.resource
@@ -392,7 +397,9 @@ def route_path(route: web.AbstractRoute) -> str | None:
     if route.resource is None:
         return None
     path = route.resource.canonical
-    return path.rstrip("/") + "/{filename}" if isinstance(route.resource, web.StaticResource) else path
+    if isinstance(route.resource, web.StaticResource):
+        return path.rstrip("/") + "/{filename}"
+    return path
 
 
 def _entries(app: web.Application) -> list[_Entry]:

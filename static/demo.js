@@ -153,9 +153,12 @@ function start(state) {
 }
 
 // --- the connection -------------------------------------------------------------------------------
-function setConn(state, text) {
+/** The connection state; `countdown` is seen, not announced (a live region that changed every
+ * second would talk over everything else). */
+function setConn(state, text, countdown = "") {
   $("conn").dataset.state = state;
-  $("conn-text").textContent = text;
+  if ($("conn-text").textContent !== text) $("conn-text").textContent = text;
+  $("conn-countdown").textContent = countdown;
   $("retry-now").hidden = state !== "reconnecting";
 }
 
@@ -177,7 +180,7 @@ function onState({ state, retryAt, code, reason, attempt }) {
   else if (state === "reconnecting") {
     const tick = () => {
       const left = Math.max(0, Math.ceil((retryAt - Date.now()) / 1000));
-      setConn(state, `Connection lost. Reconnecting in ${left} s`);
+      setConn(state, "Reconnecting", ` in ${left} s`);
     };
     tick();
     countdown = setInterval(tick, 250);

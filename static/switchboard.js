@@ -146,6 +146,7 @@ export class Switchboard {
     this._tokenReason = "connect";
     this._ws = null;
     this._seq = 0;
+    this._generation = 0;
     this._attempt = 0;
     this._openedAt = 0;
     this._lastFrameAt = 0;
@@ -205,8 +206,11 @@ export class Switchboard {
   connect() {
     if (this.state === "open") return Promise.resolve(this.session);
     const promise = new Promise((resolve, reject) => this._waiters.push({ resolve, reject }));
-    if (this._stopped && this.options.watchNetwork && typeof globalThis.addEventListener === "function") {
-      globalThis.addEventListener("online", this._onOnline);
+    if (this._stopped) {
+      this._attempt = 0; // a new start, not one more failure
+      if (this.options.watchNetwork && typeof globalThis.addEventListener === "function") {
+        globalThis.addEventListener("online", this._onOnline);
+      }
     }
     this._stopped = false;
     if (this.state !== "connecting") this._open();
@@ -239,7 +243,7 @@ export class Switchboard {
       ws0.close();
     }
     this._setState("connecting", { attempt: this._attempt });
-    const generation = (this._generation = (this._generation || 0) + 1);
+    const generation = ++this._generation; // a later _open() or close() makes this one moot
     let token = this._token;
     if (!token && this.options.getToken) {
       try {

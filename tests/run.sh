@@ -19,6 +19,10 @@ fi
 
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,redis]' -e ./examples/poll_plugin 2>&1 \
-  | grep -v -e '^WARNING: Location' -e 'is ignored' >&2 || true
+if ! .venv/bin/python -m pip install -q --disable-pip-version-check \
+    -e '.[test,redis]' -e ./examples/poll_plugin > .venv/pip-install.log 2>&1; then
+  cat .venv/pip-install.log >&2
+  echo "tests/run.sh: pip install failed (log above)" >&2
+  exit 1
+fi
 exec .venv/bin/python -m pytest "$@"

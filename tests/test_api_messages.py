@@ -15,7 +15,8 @@ def bearer(user: str, **kw: Any) -> dict[str, str]:
     return {"Authorization": f"Bearer {make_token(user, username=f'user-{user}', **kw)}"}
 
 
-async def post(client: TestClient, body: dict[str, Any], headers: dict[str, str]) -> tuple[int, Any, Any]:
+async def post(client: TestClient, body: dict[str, Any],
+               headers: dict[str, str]) -> tuple[int, Any, Any]:
     async with client.post("/api/messages", json=body, headers=headers) as resp:
         return resp.status, await resp.json(), resp.headers
 

@@ -70,7 +70,8 @@ async def test_stats_count_this_node(client: TestClient, connect: Connect) -> No
 async def test_send_pushes_any_type_to_each_listed_user(client: TestClient, connect: Connect) -> None:
     a1, a2, b, c = await connect("a"), await connect("a"), await connect("b"), await connect("c")
     status, body = await call(client, "POST", "/api/send",
-                              {"user_ids": ["a", "b"], "type": "billing.updated", "data": {"plan": "pro"}})
+                              {"user_ids": ["a", "b"], "type": "billing.updated",
+                               "data": {"plan": "pro"}})
     assert status == 200 and body == {"users": 2, "delivered": 3}
     for ws in (a1, a2, b):
         got = await ws.recv_type("billing.updated")
@@ -101,7 +102,8 @@ async def test_broadcast_to_everyone_or_to_a_room(client: TestClient, connect: C
 
 async def test_a_notification_sent_over_http_is_stored_until_read(make_server: Any) -> None:
     client = await make_server({"api": {"keys": [KEY]},
-                                "plugins": {"enabled": ["chat", "plugins.notification:NotificationPlugin"]}})
+                                "plugins": {"enabled": ["chat",
+                                                        "plugins.notification:NotificationPlugin"]}})
     connect = connector(client)
     online = await connect("u")
     note = {"notification_type": "mention", "title": "You were mentioned"}

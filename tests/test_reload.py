@@ -79,7 +79,8 @@ async def test_rate_limits_apply_to_open_connections(served: tuple[TestClient, R
           burst: 2
           messages_per_minute: 1
     """)
-    assert status == 200 and {"rate_limit.burst", "rate_limit.messages_per_minute"} <= set(body["applied"])
+    assert status == 200
+    assert {"rate_limit.burst", "rate_limit.messages_per_minute"} <= set(body["applied"])
     assert [(await ws.request("ping"))["type"] for _ in range(3)] == ["pong", "pong", "error"]
 
 

@@ -28,6 +28,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 #: the longest any expect() waits; most pass in milliseconds
 WAIT_MS = 8000
+#: a phone-sized viewport (CSS pixels)
+PHONE = {"width": 390, "height": 844}
 
 PLUGINS = ["chat", "plugins.typing_indicator:TypingPlugin", "plugins.presence:PresencePlugin",
            "plugins.notification:NotificationPlugin"]
@@ -61,10 +63,9 @@ async def browser() -> AsyncIterator[Browser]:
 
 @dataclass
 class Demo:
-    """The running app: its page URL and its node."""
+    """The running app, by the URL of its page."""
 
     url: str
-    app: web.Application
 
     async def disconnect(self, user_id: str, code: int) -> int:
         """Close every connection of ``user_id`` from the server, the way an operator does
@@ -94,7 +95,7 @@ async def start_demo() -> AsyncIterator[StartDemo]:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = runner.addresses[0][1]
-        return Demo(f"http://127.0.0.1:{port}/", app)
+        return Demo(f"http://127.0.0.1:{port}/")
 
     yield start
     for runner in reversed(runners):

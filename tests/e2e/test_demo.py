@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 from playwright.async_api import Page, WebSocket, expect
 
 from server.protocol import CloseCode
-from tests.e2e.conftest import Demo, OpenPage, message, send, sign_in_with_token
+from tests.e2e.conftest import PHONE, Demo, OpenPage, message, send, sign_in_with_token
 
 
-async def two_users(demo: Demo, open_page: OpenPage, *, alice_roles: list[str] | None = None) -> tuple[Page, Page]:
+async def two_users(demo: Demo, open_page: OpenPage, *, alice_roles: list[str] | None = None,
+                    bob_screen: dict[str, int] | None = None) -> tuple[Page, Page]:
     alice = await open_page(demo.url)
     await sign_in_with_token(alice, "alice", roles=alice_roles)
-    bob = await open_page(demo.url)
+    bob = await open_page(demo.url, **(bob_screen or {}))
     await sign_in_with_token(bob, "bob")
     for page in (alice, bob):  # a first visit lands in #general
         await expect(page.locator("#chat-title")).to_have_text("# general")
@@ -53,7 +55,7 @@ async def test_two_users_chat_and_see_typing_and_presence(demo: Demo, open_page:
 
 
 async def test_a_closed_connection_recovers_exactly_the_missed_messages(demo: Demo, open_page: OpenPage) -> None:
-    alice, bob = await two_users(demo, open_page)
+    alice, bob = await two_users(demo, open_page, bob_screen=PHONE)  # bob is on his phone
     await send(alice, "before the cut")
     await expect(message(bob, "before the cut")).to_have_count(1)
 
@@ -62,8 +64,9 @@ async def test_a_closed_connection_recovers_exactly_the_missed_messages(demo: De
     await bob.context.set_offline(True)
     assert await demo.disconnect("bob", CloseCode.SLOW_CONSUMER) == 1
     await expect(bob.locator("#conn")).to_have_attribute("data-state", "reconnecting")
-    await expect(bob.locator("#conn-text")).to_contain_text("Reconnecting in")
+    await expect(bob.locator("#conn")).to_contain_text(re.compile(r"Reconnecting in \d+ s"))
     await expect(bob.locator("#retry-now")).to_be_visible()
+    assert await bob.evaluate("document.documentElement.scrollWidth") <= PHONE["width"]
     missed = [f"missed {n}" for n in (1, 2, 3)]
     for text in missed:
         await send(alice, text)

@@ -9,14 +9,7 @@ from typing import Any
 from aiohttp import ClientSession, WSMsgType, web
 from playwright.async_api import expect
 
-from tests.e2e.conftest import (
-    Demo,
-    OpenPage,
-    StartDemo,
-    message,
-    send,
-    sign_in_with_token,
-)
+from tests.e2e.conftest import Demo, OpenPage, StartDemo, message, send, sign_in_with_token
 
 
 async def test_dev_login_signs_in_with_a_name(demo: Demo, open_page: OpenPage) -> None:

@@ -13,10 +13,9 @@ from pathlib import Path
 
 from playwright.async_api import Page, expect
 
-from tests.e2e.conftest import Demo, OpenPage, message, send, sign_in_with_token
+from tests.e2e.conftest import PHONE, Demo, OpenPage, message, send, sign_in_with_token
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-PHONE = {"width": 390, "height": 844}
 
 
 async def _visible(page: Page, selector: str) -> bool:
