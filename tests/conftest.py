@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import jwt
 import pytest
@@ -80,6 +80,16 @@ class WS:
             frame = await self.recv()
             if frame.get("reply_to") == fid:
                 return frame
+
+    async def until_pong(self) -> list[dict[str, Any]]:
+        """Ping and return the frames that arrived before the pong: everything the server had
+        queued for this connection by then (frames are answered in order)."""
+        fid = f"marker-{time.monotonic_ns()}"
+        await self.send("ping", id=fid)
+        frames = []
+        while (frame := await self.recv()).get("reply_to") != fid:
+            frames.append(frame)
+        return frames
 
     async def closed(self, timeout: float = RECV_TIMEOUT) -> int | None:
         """Read until the server closes; return the close code."""

@@ -29,10 +29,7 @@ async def serve(make_server: MakeServer, overrides: dict[str, Any] | None = None
 async def quiet(ws: WS) -> None:
     """Nothing is waiting for ``ws``: the answer to a ping is its very next frame (what others
     sent before was fanned out before their ack, so it would be queued ahead of the pong)."""
-    fid = f"quiet-{next(_ids)}"
-    await ws.send("ping", id=fid)
-    got = await ws.recv()
-    assert got["type"] == "pong" and got["reply_to"] == fid, f"unexpected frame {got}"
+    assert await ws.until_pong() == []
 
 
 async def error_code(ws: WS, type_: str, **fields: Any) -> str:

@@ -4,7 +4,6 @@ method the HTTP API calls for services."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
@@ -22,16 +21,6 @@ async def notification_server(make_server: Any, overrides: dict[str, Any] | None
     return await make_server({"plugins": {"enabled": ["chat", NOTIFICATION]}, **(overrides or {})})
 
 
-async def until_pong(ws: WS) -> list[dict[str, Any]]:
-    """Ping and return the frames that arrived before the pong."""
-    fid = f"p{time.monotonic_ns()}"
-    await ws.send("ping", id=fid)
-    frames = []
-    while (frame := await ws.recv()).get("reply_to") != fid:
-        frames.append(frame)
-    return frames
-
-
 async def notify(sender: WS, to: str, **data: Any) -> str:
     ack = await sender.request("notification", to=to, data={**NOTE, **data})
     assert ack["type"] == "ack", ack
@@ -47,7 +36,7 @@ async def test_notification_reaches_every_connection_of_the_user(make_server: An
         got = await tab.recv_type("notification")
         assert got["id"] == nid and got["to"] == "u" and got["from"] == {"id": "admin", "username": "root"}
         assert got["data"] == {**NOTE, "replayed": False}
-    assert [f for f in await until_pong(other) if f["type"] == "notification"] == []
+    assert [f for f in await other.until_pong() if f["type"] == "notification"] == []
     # delivered but not read: the next connection gets it again, same id and time
     later = await connect("u")
     replayed = await later.recv_type("notification")
@@ -67,7 +56,7 @@ async def test_only_roles_in_permissions_notify_may_send(make_server: Any) -> No
     assert (await admin.request("notification", to="b", data=NOTE))["data"]["code"] == "FORBIDDEN"
     await notify(bot, "b")
     target = await connect("b")
-    assert [f["from"]["id"] for f in await until_pong(target) if f["type"] == "notification"] == ["bot"]
+    assert [f["from"]["id"] for f in await target.until_pong() if f["type"] == "notification"] == ["bot"]
 
 
 async def test_notification_refusals_keep_the_connection(make_server: Any) -> None:
@@ -87,7 +76,7 @@ async def test_notification_refusals_keep_the_connection(make_server: Any) -> No
         assert (reply["type"], reply["data"]["code"]) == ("error", "INVALID_MESSAGE"), fields
     assert (await admin.request("ping"))["type"] == "pong"
     target = await connect("b")
-    assert [f for f in await until_pong(target) if f["type"] == "notification"] == []
+    assert [f for f in await target.until_pong() if f["type"] == "notification"] == []
 
 
 async def test_unread_notifications_come_again_on_each_connect_until_read(make_server: Any) -> None:
@@ -98,7 +87,7 @@ async def test_unread_notifications_come_again_on_each_connect_until_read(make_s
 
     async def replayed() -> list[str]:
         ws = await connect("u")
-        frames = [f for f in await until_pong(ws) if f["type"] == "notification"]
+        frames = [f for f in await ws.until_pong() if f["type"] == "notification"]
         assert all(f["data"]["replayed"] for f in frames)
         await ws.close()
         return [f["id"] for f in frames]
@@ -122,7 +111,7 @@ async def test_each_user_keeps_only_the_newest_notifications(make_server: Any) -
     ids = [await notify(admin, "u", title=f"n{i}") for i in range(5)]
     await notify(admin, "other")
     ws = await connect("u")
-    frames = [f for f in await until_pong(ws) if f["type"] == "notification"]
+    frames = [f for f in await ws.until_pong() if f["type"] == "notification"]
     assert [f["id"] for f in frames] == ids[2:]
     assert [f["data"]["title"] for f in frames] == ["n2", "n3", "n4"]
 
@@ -139,9 +128,9 @@ async def test_services_notify_through_the_plugin_method(make_server: Any) -> No
                            "link": None, "data": {}, "replayed": False}
     with pytest.raises(ValidationError):
         await plugin.notify("u", {"title": "no type"})
-    assert [f for f in await until_pong(ws) if f["type"] == "notification"] == []
+    assert [f for f in await ws.until_pong() if f["type"] == "notification"] == []
     again = await connect("u")
-    assert [f["id"] for f in await until_pong(again) if f["type"] == "notification"] == [note["id"]]
+    assert [f["id"] for f in await again.until_pong() if f["type"] == "notification"] == [note["id"]]
 
 
 async def test_unread_replay_on_connect_fits_the_outbound_queue(make_server: Any) -> None:

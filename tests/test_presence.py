@@ -3,7 +3,7 @@ never strangers, nor through a ``presence: false`` namespace; ``user_status`` on
 with the grace period (a reconnect or a second tab announces nothing); last_seen;
 ``presence.query``; the refusals.
 
-Proving that something was NOT sent: :func:`settle` pings and returns what arrived before the
+Proving that something was NOT sent: `WS.until_pong` pings and returns what arrived before the
 pong. A connection's frames are handled in order, and fan-out is enqueued before the sender's
 ack (or, for ``user_status`` online, before the new connection's first pong), so anything sent
 earlier is in that list. Offline timers are checked with a bounded wait past their deadline.
@@ -33,22 +33,12 @@ def in_rooms(*names: str) -> dict[str, str]:
     return {"rooms": ",".join(names)}
 
 
-async def settle(ws: WS) -> list[dict[str, Any]]:
-    """The frames that arrive before the pong to a ping sent now."""
-    fid = f"settle-{time.monotonic_ns()}"
-    await ws.send("ping", id=fid)
-    frames = []
-    while (frame := await ws.recv()).get("reply_to") != fid:
-        frames.append(frame)
-    return frames
-
-
 async def drain(*clients: WS) -> None:
     """Settle every client twice: the first round lets every on_connect hook finish (it runs
     before the connection's first pong), the second takes what those hooks sent."""
     for _ in range(2):
         for ws in clients:
-            await settle(ws)
+            await ws.until_pong()
 
 
 async def frames_within(ws: WS, seconds: float) -> list[dict[str, Any]]:
@@ -84,34 +74,34 @@ async def test_status_with_extra_fields_reaches_room_mates_once_and_not_stranger
     await drain(a1, a2, b, stranger)
     ack = await a1.request("presence", data={"status": "away", "device": "mobile"})
     assert ack["type"] == "ack"
-    [event] = await settle(b)  # once, although b shares two rooms with ann
+    [event] = await b.until_pong()  # once, although b shares two rooms with ann
     assert event["type"] == "presence" and "room" not in event
     assert event["from"] == {"id": "a", "username": "ann"}
     assert event["data"] == {"user_id": "a", "status": "away", "device": "mobile"}
     # ann's other tab follows her status; the sending tab got the ack, not a copy
-    assert [f["data"] for f in await settle(a2)] == [event["data"]]
-    assert await settle(a1) == []
-    assert await settle(stranger) == []
+    assert [f["data"] for f in await a2.until_pong()] == [event["data"]]
+    assert await a1.until_pong() == []
+    assert await stranger.until_pong() == []
 
 
 async def test_a_presence_false_namespace_carries_no_presence(make_server: Any) -> None:
     connect = await presence_server(make_server, rooms={"namespaces": {"quiet": {"presence": False}}})
     a = await connect("a", query=in_rooms("quiet:x", "loud"))
     b = await connect("b", query=in_rooms("quiet:x"))  # shares only the quiet room with a
-    await settle(b)
-    assert types(await settle(a)) == ["user_joined"]  # the join shows, b's coming online does not
+    await b.until_pong()
+    assert types(await a.until_pong()) == ["user_joined"]  # the join shows, b's coming online does not
     c = await connect("c", query=in_rooms("loud"))
-    await settle(c)
-    assert types(await settle(a)) == ["user_joined", "user_status"]
+    await c.until_pong()
+    assert types(await a.until_pong()) == ["user_joined", "user_status"]
     await a.request("presence", data={"status": "busy"})
-    assert types(await settle(c)) == ["presence"]
-    assert await settle(b) == []
+    assert types(await c.until_pong()) == ["presence"]
+    assert await b.until_pong() == []
     await b.request("presence", data={"status": "away"})
-    assert await settle(a) == []
+    assert await a.until_pong() == []
     await a.close()
     offline = await c.recv_type("user_status", timeout=GRACE + 5)
     assert offline["data"]["user_id"] == "a" and offline["data"]["status"] == "offline"
-    assert "user_status" not in types(await settle(b))  # told in the same fan-out as c, if ever
+    assert "user_status" not in types(await b.until_pong())  # told in the same fan-out as c, if ever
 
 
 async def test_user_status_online_then_offline_with_last_seen_after_the_grace_period(
@@ -134,7 +124,7 @@ async def test_user_status_online_then_offline_with_last_seen_after_the_grace_pe
     # the status set before leaving went with the user
     assert await presence_of(a, "b") == [{"user_id": "b", "online": False, "status": "offline",
                                           "last_seen": last_seen, "connections": 0}]
-    assert await settle(stranger) == []  # neither online nor offline reached a stranger
+    assert await stranger.until_pong() == []  # neither online nor offline reached a stranger
     # back later: online again, carrying when the previous visit ended, with a fresh status
     b = await connect("b", username="bob", query=in_rooms("r"))
     back = await a.recv_type("user_status")
@@ -157,8 +147,8 @@ async def test_a_reconnect_within_the_grace_period_announces_nothing(make_server
     [during] = await presence_of(a, "b")
     assert (during["online"], during["connections"], during["status"]) == (True, 0, "away")
     b = await connect("b", query=in_rooms("r"))
-    await settle(b)  # b's on_connect has run
-    assert types(await settle(a)) == ["user_joined"]
+    await b.until_pong()  # b's on_connect has run
+    assert types(await a.until_pong()) == ["user_joined"]
     [after] = await presence_of(a, "b")  # a reload keeps the status
     assert (after["online"], after["connections"], after["status"], after["device"]) == \
         (True, 1, "away", "phone")
@@ -174,8 +164,8 @@ async def test_closing_one_of_two_tabs_announces_nothing(make_server: Any) -> No
     b1 = await connect("b", query=in_rooms("r"))
     await a.recv_type("user_status")
     b2 = await connect("b", query=in_rooms("r"))
-    await settle(b2)
-    assert await settle(a) == []  # a second tab is neither a user_status nor a user_joined
+    await b2.until_pong()
+    assert await a.until_pong() == []  # a second tab is neither a user_status nor a user_joined
     await b1.close()
     assert await frames_within(a, GRACE * 2) == []  # past the moment an offline would fire
     [state] = await presence_of(a, "b")
@@ -217,7 +207,7 @@ async def test_bad_statuses_are_refused_and_change_nothing(make_server: Any) -> 
         refused = await a.request("presence", data=data)
         assert refused["type"] == "error" and refused["data"]["code"] == "INVALID_MESSAGE", data
         assert named in refused["data"]["message"]
-    assert await settle(b) == []
+    assert await b.until_pong() == []
     [state] = await presence_of(b, "a")
     assert state["status"] == "away" and "note" not in state
     assert (await a.request("presence", data={"status": "busy", "note": "x" * 10}))["type"] == "ack"
@@ -228,11 +218,11 @@ async def test_presence_turned_off_announces_nothing_and_refuses_statuses(make_s
     connect = await presence_server(make_server, presence={"enabled": False})
     a = await connect("a", query=in_rooms("r"))
     b = await connect("b", query=in_rooms("r"))
-    await settle(b)
-    assert types(await settle(a)) == ["user_joined"]
+    await b.until_pong()
+    assert types(await a.until_pong()) == ["user_joined"]
     refused = await a.request("presence", data={"status": "away"})
     assert refused["type"] == "error" and refused["data"]["code"] == "FORBIDDEN"
-    assert await settle(b) == []
+    assert await b.until_pong() == []
     assert await presence_of(a, "b") == [{"user_id": "b", "online": True, "status": "online",
                                           "last_seen": None, "connections": 1}]
 

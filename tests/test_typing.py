@@ -5,11 +5,10 @@ frames instead of being closed."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from server.keys import SERVICES
-from tests.conftest import WS, Connect, connector
+from tests.conftest import Connect, connector
 
 TYPING = "plugins.typing_indicator:TypingPlugin"
 
@@ -17,17 +16,6 @@ TYPING = "plugins.typing_indicator:TypingPlugin"
 async def typing_server(make_server: Any, overrides: dict[str, Any] | None = None) -> Connect:
     base: dict[str, Any] = {"plugins": {"enabled": ["chat", TYPING]}}
     return connector(await make_server({**base, **(overrides or {})}))
-
-
-async def until_pong(ws: WS) -> list[dict[str, Any]]:
-    """Ping and return the frames that arrived before the pong: everything the server had
-    queued for ``ws`` by then."""
-    fid = f"p{time.monotonic_ns()}"
-    await ws.send("ping", id=fid)
-    frames = []
-    while (frame := await ws.recv()).get("reply_to") != fid:
-        frames.append(frame)
-    return frames
 
 
 def typing_frames(frames: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -47,8 +35,8 @@ async def test_room_typing_reaches_members_but_no_connection_of_the_sender(make_
     await tab1.send("typing", room="r", data={"is_typing": False, "context": "thread-7"})
     assert (await member.recv_type("typing"))["data"] == {"is_typing": False, "context": "thread-7"}
     # no reply to the sender, nothing to its other tab or to a non-member
-    assert typing_frames(await until_pong(tab2)) == [] and typing_frames(await until_pong(outsider)) == []
-    assert [f for f in await until_pong(tab1) if f.get("reply_to") == "t1" or f["type"] == "typing"] == []
+    assert typing_frames(await tab2.until_pong()) == [] and typing_frames(await outsider.until_pong()) == []
+    assert [f for f in await tab1.until_pong() if f.get("reply_to") == "t1" or f["type"] == "typing"] == []
 
 
 async def test_typing_to_a_user_reaches_each_of_their_connections(make_server: Any) -> None:
@@ -60,7 +48,7 @@ async def test_typing_to_a_user_reaches_each_of_their_connections(make_server: A
         got = await ws.recv_type("typing")
         assert got["to"] == "b" and got["from"]["id"] == "a" and got["data"] == {"is_typing": True}
         assert "room" not in got
-    assert typing_frames(await until_pong(sender_tab)) == [] and typing_frames(await until_pong(other)) == []
+    assert typing_frames(await sender_tab.until_pong()) == [] and typing_frames(await other.until_pong()) == []
 
 
 async def test_unstopped_indicator_ends_by_itself_after_the_timeout(make_server: Any) -> None:
@@ -94,7 +82,7 @@ async def test_unstopped_indicator_ends_by_itself_after_the_timeout(make_server:
     assert [f["data"]["is_typing"] for f in [await b.recv_type("typing"), await b.recv_type("typing")]] \
         == [True, False]
     await asyncio.sleep(timeout * 2)
-    assert typing_frames(await until_pong(b)) == []
+    assert typing_frames(await b.until_pong()) == []
 
 
 async def test_closing_the_typing_connection_stops_its_indicator_at_once(make_server: Any) -> None:
@@ -110,7 +98,7 @@ async def test_closing_the_typing_connection_stops_its_indicator_at_once(make_se
     assert {(s.get("room"), s.get("to"), s["data"]["is_typing"]) for s in stops} == \
         {("r", None, False), (None, "b", False)}
     # the user's other tab still open changes nothing: the stop went out, to the others only
-    assert typing_frames(await until_pong(a_other_tab)) == []
+    assert typing_frames(await a_other_tab.until_pong()) == []
 
 
 async def test_typing_refusals_keep_the_connection(make_server: Any) -> None:
@@ -140,12 +128,12 @@ async def test_typing_over_its_own_limit_is_dropped_without_an_error(make_server
         await ws.request("join", room="r")
     for i in range(10):
         await a.send("typing", id=f"t{i}", room="r", data={"is_typing": True})
-    assert [f for f in await until_pong(a) if f["type"] != "user_joined"] == []  # no errors, no close
-    assert len(typing_frames(await until_pong(b))) == 3
+    assert [f for f in await a.until_pong() if f["type"] != "user_joined"] == []  # no errors, no close
+    assert len(typing_frames(await b.until_pong())) == 3
     # the bucket is empty, yet stopping an indicator this connection holds still goes through
     await a.send("typing", room="r", data={"is_typing": False})
     await a.send("typing", room="r", data={"is_typing": False})  # nothing left to stop: dropped
-    assert [f["data"] for f in typing_frames(await until_pong(b))] == [{"is_typing": False}]
+    assert [f["data"] for f in typing_frames(await b.until_pong())] == [{"is_typing": False}]
 
 
 async def test_typing_does_not_spend_the_message_rate_limit(make_server: Any) -> None:
@@ -160,7 +148,7 @@ async def test_typing_does_not_spend_the_message_rate_limit(make_server: Any) ->
         await a.send("typing", room="r", data={"is_typing": True})
     ack = await a.request("message", room="r", data={"content": "still within budget"})
     assert ack["type"] == "ack"
-    assert len(typing_frames(await until_pong(b))) == 40
+    assert len(typing_frames(await b.until_pong())) == 40
 
 
 async def test_slow_client_drops_typing_frames_and_stays_connected(make_server: Any) -> None:
@@ -186,12 +174,12 @@ async def test_slow_client_drops_typing_frames_and_stays_connected(make_server: 
     sent = 300
     for _ in range(sent):
         await sender.send("typing", room="r", data={"is_typing": True})
-    await until_pong(sender)  # every typing frame has been handled
+    await sender.until_pong()  # every typing frame has been handled
     # now read until the server's queue for it is empty (a pong would not be dropped), then
     # ping: the connection is open, and most typing frames were dropped, not queued
     frames = [await slow.recv()]
     while slow_conn.queued:
         frames.append(await slow.recv())
-    frames += await until_pong(slow)
+    frames += await slow.until_pong()
     assert 0 < len(typing_frames(frames)) < sent
     assert not slow.ws.closed and slow.ws.close_code is None
