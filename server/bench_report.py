@@ -123,8 +123,8 @@ def render(report: dict[str, Any], *, json_path: str | None) -> None:
     console = Console(stderr=json_path == "-", highlight=False)
     if not console.is_terminal:
         console.width = 160
-    table = Table(title=f"switchboard bench: {report['target']} at {report['url']}",
-                  title_justify="left")
+    console.print(f"switchboard bench: {report['target']} at {report['url']}")
+    table = Table()
     table.add_column("", no_wrap=True)
     for name in report["tests"]:
         table.add_column(name, justify="right")

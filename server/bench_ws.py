@@ -19,6 +19,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable
+from typing import cast
 
 import orjson
 from yarl import URL
@@ -69,9 +70,8 @@ class BenchSocket(asyncio.Protocol):
 
     # --- asyncio.Protocol ---------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self._request)
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         self._buf += data

@@ -181,6 +181,7 @@ class Client:
         self._closing = False
         self._opened_at = 0.0
         self._failures = 0  # reconnect attempts since the last stable connection
+        self._dropped: tuple[int, str] | None = None  # why we closed the connection ourselves
         self._tasks: list[asyncio.Task[None]] = []
         #: set to the exit status once the client gives up reconnecting
         self.gone: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -249,6 +250,8 @@ class Client:
     async def _supervise(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         while True:
             code, reason = await self._read(ws)
+            if self._dropped is not None:  # we closed it: no pong
+                (code, reason), self._dropped = self._dropped, None
             self._up.clear()
             self._ws = None
             for pending in self._pending.values():
@@ -317,8 +320,14 @@ class Client:
                 continue
             if last is not None and not last.done():
                 self.out.notice(f"no pong within {every:g}s: reconnecting")
+                last = None
+                self._dropped = (4010, "no pong")
                 await ws.close(code=4010, message=b"no pong")
-            last = await self._send({"type": "ping"}, "ping")
+                continue
+            try:
+                last = await self._send({"type": "ping"}, "ping")
+            except CommandError:  # dropped meanwhile: the supervisor reconnects
+                last = None
 
     async def close(self) -> None:
         self._closing = True

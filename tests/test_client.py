@@ -21,9 +21,11 @@ from typing import Any
 
 import pexpect
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestClient, TestServer
 
 from server.keys import SERVICES
+from server.protocol import encode, frame
 from tests.conftest import SECRET, connector
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,7 +34,7 @@ PLUGINS = ["chat", "plugins.typing_indicator:TypingPlugin", "plugins.presence:Pr
            "plugins.notification:NotificationPlugin"]
 
 
-def ws_url(client: TestClient) -> str:
+def ws_url(client: TestClient | TestServer) -> str:
     return str(client.make_url("/ws")).replace("http://", "ws://", 1)
 
 
@@ -258,6 +260,30 @@ async def test_auto_ping_reports_round_trips(tmp_path: Path, server: TestClient)
     rtts = [f for f in frames if f["type"] == "client.rtt"]
     assert len(rtts) >= 2 and all(f["data"]["ms"] > 0 for f in rtts)
     assert len([f for f in frames if f["type"] == "pong"]) == len(rtts)
+
+
+async def test_auto_ping_drops_a_silent_server_and_reconnects(tmp_path: Path, aiohttp_server: Any) -> None:
+    """A server that accepts, says ``connected`` and then never answers (a hung process, a dead
+    NAT mapping as far as frames go): the unanswered ping makes the client reconnect."""
+    async def silent(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        await ws.send_frame(encode(frame("connected", {"user": {"id": "h"}, "rooms": []})), WSMsgType.TEXT)
+        async for _ in ws:  # reads, never replies
+            pass
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/ws", silent)
+    server = await aiohttp_server(app)
+    cli = await start_cli(tmp_path, ws_url(server), "--username", "hana", "--auto-ping", "0.2")
+    await cli.expect("connected")
+    await cli.send("wait 30")
+    assert (await cli.expect("client.disconnected"))["data"]["code"] == 4010
+    await cli.expect("connected")  # back, on its own
+    cli.proc.terminate()
+    _, err = await cli.finish()
+    assert "no pong within 0.2s: reconnecting" in err
 
 
 # --- interactive, through a pseudo-terminal --------------------------------------------------------
