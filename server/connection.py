@@ -1,9 +1,12 @@
 """One client connection: identity, rooms, a bounded outbound queue and its writer task.
 
 Only the handler task in ``ws.py`` reads from the socket; everything else sends by calling
-:meth:`Connection.send`, which only appends to the queue and never waits. A connection whose
-queue passes its caps, or whose pending write outlives ``server.write_timeout`` (checked by the
-hub's sweeper), is closed with 4008 and the rest of the server never waits for it.
+:meth:`Connection.send`, which never waits. When nothing is queued and the socket's transport
+buffer is under its high-water mark, ``send`` writes the finished frame to the transport at
+once (no task switch per recipient: the fan-out's cost); otherwise it appends to the queue that
+this connection's writer task drains, awaiting the socket. A connection whose queue passes its
+caps, or whose pending write outlives ``server.write_timeout`` (checked by the hub's sweeper),
+is closed with 4008 and the rest of the server never waits for it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
-from .protocol import CloseCode, new_id
+from .protocol import CloseCode, new_id, text_frame
 
 if TYPE_CHECKING:
     from .plugin_api import User
@@ -28,7 +31,7 @@ class Connection:
         "id", "user", "ws", "remote", "log", "rooms", "connected_at", "expires_at",
         "last_activity", "write_started", "closing", "close_code", "_queue", "_queued_bytes",
         "_max_bytes", "_max_messages", "_wake", "_writer", "_expiry_timer", "invalid_frames",
-        "state", "request",
+        "state", "request", "_transport", "_high_water",
     )
 
     def __init__(self, ws: web.WebSocketResponse, user: "User", *, remote: str, log: Any,
@@ -56,10 +59,18 @@ class Connection:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
+        # set by start() when frames may be written straight to the transport
+        self._transport: asyncio.WriteTransport | None = None
+        self._high_water = 0
 
     # --- outbound -------------------------------------------------------------------------
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        transport = self.request.transport if self.request is not None else None
+        # direct writes need uncompressed frames; with permessage-deflate aiohttp frames them
+        if transport is not None and not self.ws.compress:
+            self._transport = transport  # type: ignore[assignment]
+            self._high_water = transport.get_write_buffer_limits()[1]
 
     @property
     def queued(self) -> int:
@@ -69,14 +80,21 @@ class Connection:
     def queued_bytes(self) -> int:
         return self._queued_bytes
 
-    def send(self, payload: bytes, *, droppable: bool = False) -> bool:
-        """Queue an encoded frame; never waits. Returns False when it was not queued.
+    def send(self, payload: bytes, *, droppable: bool = False, framed: bytes | None = None) -> bool:
+        """Send an encoded frame; never waits. Returns False when it was not sent or queued.
 
-        Over the caps, a ``droppable`` frame (typing indicators) is dropped; any other closes
-        this connection as a slow consumer (4008).
+        ``framed`` is ``payload`` already made a WebSocket frame (``protocol.text_frame``), for
+        fan-outs that frame once for all recipients. Over the caps, a ``droppable`` frame
+        (typing indicators) is dropped; any other closes this connection as a slow consumer
+        (4008).
         """
         if self.closing:
             return False
+        transport = self._transport
+        if (transport is not None and payload and not self._queue and not self.write_started
+                and not self.ws.closed and transport.get_write_buffer_size() < self._high_water):
+            transport.write(framed if framed is not None else text_frame(payload))
+            return True
         size = len(payload)
         if self._queued_bytes + size > self._max_bytes or len(self._queue) >= self._max_messages:
             if droppable:

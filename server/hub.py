@@ -15,7 +15,7 @@ import structlog
 from .backends.base import DEFAULT_ROUTE, Route, TargetKind
 from .config import ServerConfig
 from .connection import Connection
-from .protocol import CloseCode
+from .protocol import CloseCode, text_frame
 
 log = structlog.get_logger(__name__)
 
@@ -78,11 +78,12 @@ class Hub:
         else:
             targets = self.connections.values()
         exclude, exclude_user, droppable = route.exclude, route.exclude_user, route.droppable
+        framed = text_frame(payload)  # the WebSocket frame too is built once for everyone
         sent = 0
         for conn in tuple(targets):
             if conn.id == exclude or (exclude_user is not None and conn.user.id == exclude_user):
                 continue
-            if conn.send(payload, droppable=droppable):
+            if conn.send(payload, droppable=droppable, framed=framed):
                 sent += 1
         return sent
 

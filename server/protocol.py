@@ -6,6 +6,7 @@ A leaf module: the per-message hot path, so it stays small and allocation-light.
 from __future__ import annotations
 
 import itertools
+import struct
 import json
 import os
 import re
@@ -219,3 +220,19 @@ def error_frame(code: str, message: str, *, reply_to: str | None = None,
     if retry_after is not None:
         data["retry_after"] = round(retry_after, 3)
     return encode(frame("error", data, reply_to=reply_to))
+
+
+_TEXT_FIN = 0x81  # FIN + opcode 1 (text)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """``payload`` as a complete unmasked server-to-client WebSocket text frame (RFC 6455
+    §5.2), built once per fan-out and written as is to every recipient's transport."""
+    n = len(payload)
+    if n < 126:
+        header = bytes((_TEXT_FIN, n))
+    elif n < 65536:
+        header = struct.pack("!BBH", _TEXT_FIN, 126, n)
+    else:
+        header = struct.pack("!BBQ", _TEXT_FIN, 127, n)
+    return header + payload

@@ -91,14 +91,16 @@ async def _wait_closed(client: TestClient, count: int) -> Samples:
 
 
 async def test_a_slow_consumer_close_is_counted(make_server: Any) -> None:
-    client = await make_server({"server": {"write_buffer_size": 1000}, "api": {"keys": [KEY]}})
-    ws = await connector(client)("slow")
+    client = await make_server({"server": {"write_buffer_size": 64 * 1024, "max_queued_messages": 100},
+                                "rate_limit": {"enabled": False}})
+    connect = connector(client)
+    sender, slow = await connect("sender"), await connect("slow")
+    for ws in (sender, slow):
+        await ws.request("join", room="r")
     before = await scrape(client)
-    async with client.post("/api/send", json={"to_user_id": "slow", "type": "big",
-                                               "data": {"blob": "x" * 2000}},
-                           headers={"X-API-Key": KEY}) as resp:
-        assert resp.status == 200
-    assert await ws.closed() == 4008
+    for _ in range(3000):  # ~12 MB that "slow" never reads: past the socket buffers and the queue
+        await sender.send("message", room="r", data={"content": "x" * 4000})
+    assert await slow.closed(timeout=20) == 4008
     after = await _wait_for(client, "switchboard_slow_consumer_closes_total", 1)
     assert delta(before, after, "switchboard_connections_closed_total", code="4008") == 1
 
