@@ -9,6 +9,7 @@ a reverse proxy that serves it under a path prefix; the features the enabled plu
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,16 @@ from . import __version__
 from .keys import REGISTRY, SERVICES
 from .openapi import describe
 
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+def _static_dir() -> Path:
+    """``static/`` beside the packages (a checkout or an editable install), else where a wheel
+    installs it (``<prefix>/share/switchboard/static``, setup.cfg ``data_files``)."""
+    here = Path(__file__).resolve().parent.parent / "static"
+    if here.is_dir():
+        return here
+    return Path(sys.prefix) / "share" / "switchboard" / "static"
+
+
+STATIC_DIR = _static_dir()
 
 #: page feature -> the message type whose handler provides it
 FEATURE_TYPES = {
