@@ -136,7 +136,9 @@ async def test_blacklist_refuses_listed_cidr_even_inside_the_whitelist(
     await open_ws(client, "/ws")
 
 
-@pytest.mark.skipif(not ipv6_loopback(), reason="::1 cannot be bound on this machine")
+# CI must run every test: there a missing ::1 fails this test instead of skipping it
+@pytest.mark.skipif(not ipv6_loopback() and not os.environ.get("CI"),
+                    reason="::1 cannot be bound on this machine")
 async def test_ipv6_peer_matches_ipv6_cidrs(make_server: MakeServer) -> None:
     v6 = {"server_kwargs": {"host": "::1"}}
     allowed = await make_server({"security": {"ip_whitelist_enabled": True,
