@@ -1,7 +1,7 @@
 """Chat: rooms, room and private messages, broadcast, history and recovery, the inbox.
 
 The frames are described in docs/protocol.md. Delivery itself (history, inbox, fan-out) is the
-server's (``Services.post_to_room``, ``send_private``, ``system_message``), which the HTTP API
+server's (``Node.post_to_room``, ``send_private``, ``system_message``), which the HTTP API
 shares; this plugin holds the rules of the frames (who may send what where) and the replies.
 
 Replays (``joined.missed``, ``history``, the inbox on connect) are cut to half a connection's
@@ -110,7 +110,7 @@ class ChatPlugin(Plugin):
     async def join(self, ctx: Context, data: JoinData) -> None:
         room = _need_room(ctx)
         count = await ctx.join(room)
-        history = self.services.backend.history
+        history = self.node.backend.history
         if data.since is None:
             missed: list[dict[str, Any]] = []
             recovered, top = True, await history.current(room)
@@ -135,7 +135,7 @@ class ChatPlugin(Plugin):
         room = _need_room(ctx)
         if room not in ctx.conn.rooms:
             raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"join {room!r} to read its history")
-        page = await self.services.backend.history.since(room, data.since, limit=data.limit)
+        page = await self.node.backend.history.since(room, data.since, limit=data.limit)
         messages = page.messages
         if data.since is None:  # the latest page: what does not fit goes from its old end
             messages = messages[len(messages) - ctx.replay_fit(messages[::-1]):]
@@ -150,31 +150,32 @@ class ChatPlugin(Plugin):
              description="a message to a joined room's members (room), or to a user (to)")
     async def message(self, ctx: Context, data: MessageData) -> None:
         sender = ctx.user.public()
-        if ctx.to is not None:
-            if ctx.room is not None:
+        # data.model_dump() built directly, five times cheaper: MessageData declares content only
+        payload = {"content": data.content, **(data.model_extra or {})}
+        room, to = ctx.room, ctx.to
+        if to is not None:
+            if room is not None:
                 raise MessageRejected(ErrorCode.INVALID_MESSAGE, "give 'room' or 'to', not both")
-            sent = await self.services.send_private(ctx.to, data.model_dump(), sender=sender,
-                                                    exclude=ctx.conn.id)
+            sent = await self.node.send_private(to, payload, sender=sender, exclude=ctx.conn.id)
         else:
-            if ctx.room is None:
+            if room is None:
                 raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'room' or 'to' is required")
-            room = ctx.room
             if room not in ctx.conn.rooms:
                 raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"join {room!r} before sending to it")
             if not ctx.room_options(room).client_publish:
                 raise MessageRejected(ErrorCode.FORBIDDEN, f"clients may not publish to {room!r}")
-            sent = await self.services.post_to_room(room, "message", data.model_dump(),
-                                                    sender=sender, exclude=ctx.conn.id)
+            sent = await self.node.post_to_room(room, "message", payload, sender=sender,
+                                                    exclude=ctx.conn.id)
         await ctx.ack({"id": sent["id"], "offset": sent.get("offset")})
 
     @handles("broadcast", schema=BroadcastData,
              description="to every connection; for roles in permissions.broadcast")
     async def broadcast(self, ctx: Context, data: BroadcastData) -> None:
-        services = self.services
-        if not ctx.user.has_any_role(services.config.permissions.broadcast):
+        node = self.node
+        if not ctx.user.has_any_role(node.config.permissions.broadcast):
             raise MessageRejected(ErrorCode.FORBIDDEN, "your roles may not broadcast")
-        echo = services.config.messages.echo_to_sender
-        sent = await services.broadcast("broadcast", data.model_dump(), exclude=ctx.conn.id,
+        echo = node.config.messages.echo_to_sender
+        sent = await node.broadcast("broadcast", data.model_dump(), exclude=ctx.conn.id,
                                         exclude_user=None if echo else ctx.user.id,
                                         sender=ctx.user.public())
         await ctx.ack({"id": sent["id"]})
@@ -186,7 +187,7 @@ class ChatPlugin(Plugin):
     @handles("inbox.ack", schema=InboxAckData,
              description="your inbox is read up to data.offset: those messages stop coming")
     async def inbox_ack(self, ctx: Context, data: InboxAckData) -> None:
-        await self.services.backend.inbox.ack(ctx.user.id, data.offset)
+        await self.node.backend.inbox.ack(ctx.user.id, data.offset)
         await ctx.ack({"offset": data.offset})
         cursor = ctx.state.pop("inbox_cursor", None)
         if cursor is not None:
@@ -195,14 +196,14 @@ class ChatPlugin(Plugin):
     async def _deliver_inbox(self, ctx: Context, since: str | None) -> None:
         """Send the waiting private messages after ``since``, marked ``inbox: true``, as many as
         fit the budget; the next ``inbox.ack`` of this connection brings the next ones."""
-        services = self.services
-        pending = await services.backend.inbox.fetch(ctx.user.id, since,
-                                                     limit=services.config.inbox.size)
+        node = self.node
+        pending = await node.backend.inbox.fetch(ctx.user.id, since,
+                                                     limit=node.config.inbox.size)
         if not pending:
             return
         count = ctx.replay_fit(pending)
         for message in pending[:count]:
-            services.send_frame(ctx.conn, {**message, "inbox": True})
+            node.send_frame(ctx.conn, {**message, "inbox": True})
         if count < len(pending):
             ctx.state["inbox_cursor"] = pending[count - 1]["offset"]
         ctx.log.info("inbox_delivered", count=count, waiting=len(pending) - count)

@@ -3,7 +3,8 @@ connections; the unread ones are sent again on each new connection until ``notif
 
 Only roles in ``permissions.notify`` may send one over WebSocket. Services send them through the
 HTTP API, which calls :meth:`NotificationPlugin.notify`. Each user keeps their newest
-``notifications.max_per_user`` notifications (``services.backend.notifications``).
+``notifications.max_per_user`` unread notifications for ``notifications.ttl`` seconds
+(``node.backend.notifications``); a read one is dropped.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ class NotificationPlugin(Plugin):
         payload = data if isinstance(data, NotificationData) else NotificationData.model_validate(data)
         body = {**payload.model_dump(), "replayed": False}
         note = make_frame("notification", body, to=to, sender=sender)
-        services = self.services
-        await services.backend.notifications.add(to, note, size=services.config.notifications.max_per_user)
-        await services.send_to_user(to, "notification", body, id=note["id"], ts=note["ts"], to=to,
+        node, cfg = self.node, self.node.config.notifications
+        await node.backend.notifications.add(to, note, size=cfg.max_per_user, ttl=cfg.ttl)
+        await node.send_to_user(to, "notification", body, id=note["id"], ts=note["ts"], to=to,
                                     sender=sender)
         self.log.debug("notification_sent", to=to, notification_id=note["id"],
                        notification_type=payload.notification_type)
@@ -66,13 +67,13 @@ class NotificationPlugin(Plugin):
 
     @handles("notification.read", schema=ReadData, description="mark your notifications read")
     async def read(self, ctx: Context, data: ReadData) -> None:
-        marked = await self.services.backend.notifications.mark_read(ctx.user.id, data.ids)
+        marked = await self.node.backend.notifications.mark_read(ctx.user.id, data.ids)
         await ctx.ack({"read": marked})
 
     async def on_connect(self, ctx: Context) -> None:
         """The unread notifications again, oldest first, marked ``replayed``; as many as fit
         half the outbound queue (the rest stay unread and come on a later connect)."""
-        unread = await self.services.backend.notifications.unread(ctx.user.id)
+        unread = await self.node.backend.notifications.unread(ctx.user.id)
         count = ctx.replay_fit(unread)
         if count < len(unread):
             ctx.log.info("notifications_held_back", replayed=count, waiting=len(unread) - count)

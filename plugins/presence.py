@@ -82,15 +82,15 @@ class PresencePlugin(Plugin):
     name = "presence"
     emits = {"presence": PresenceEvent, "presence.state": PresenceState, "user_status": UserStatus}
 
-    def __init__(self, config: Any, services: Any) -> None:
-        super().__init__(config, services)
+    def __init__(self, config: Any, node: Any) -> None:
+        super().__init__(config, node)
         self._departures: dict[str, _Departure] = {}
 
     # --- client frames ----------------------------------------------------------------------
     @handles("presence", schema=PresenceData,
              description="set your status; the users sharing a room with you get a presence event")
     async def presence(self, ctx: Context, data: PresenceData) -> None:
-        settings = self.services.config.presence
+        settings = self.node.config.presence
         if not settings.enabled:
             raise MessageRejected(ErrorCode.FORBIDDEN, "presence is turned off on this server")
         extra = data.model_extra or {}
@@ -105,9 +105,9 @@ class PresencePlugin(Plugin):
                                   f"presence.max_extra_bytes ({settings.max_extra_bytes})")
         user = ctx.user
         status = {"status": data.status, **extra}
-        await self.services.backend.presence.set_status(user.id, status)
+        await self.node.backend.presence.set_status(user.id, status)
         event = {"user_id": user.id, **status}
-        rooms = await self.services.backend.rooms.user_rooms(user.id)
+        rooms = await self.node.backend.rooms.user_rooms(user.id)
         await self._tell(await self._room_mates(user.id, rooms), "presence", event, user)
         await ctx.send_to_user(user.id, "presence", event, exclude_self=True)
         await ctx.ack()
@@ -115,12 +115,12 @@ class PresencePlugin(Plugin):
     @handles("presence.query", schema=QueryData,
              description="the presence of users by id: online, status, last_seen, connections")
     async def query(self, ctx: Context, data: QueryData) -> None:
-        limit = self.services.config.presence.max_query_users
+        limit = self.node.config.presence.max_query_users
         if len(data.user_ids) > limit:
             raise MessageRejected(ErrorCode.INVALID_MESSAGE,
                                   f"data.user_ids: at most {limit} ids (presence.max_query_users), "
                                   f"got {len(data.user_ids)}")
-        users = await self.services.backend.presence.snapshot(list(dict.fromkeys(data.user_ids)))
+        users = await self.node.backend.presence.snapshot(list(dict.fromkeys(data.user_ids)))
         await ctx.reply("presence.state", {"users": [u.public() for u in users]})
 
     # --- online / offline -------------------------------------------------------------------
@@ -129,18 +129,18 @@ class PresencePlugin(Plugin):
         departure = self._departures.pop(user.id, None)
         if departure is not None and departure.task is not None:
             departure.task.cancel()  # back within the grace period
-        if not self.services.config.presence.enabled:
+        if not self.node.config.presence.enabled:
             return
-        store = self.services.backend.presence
+        store = self.node.backend.presence
         if await store.mark_online(user.id):
-            rooms = await self.services.backend.rooms.user_rooms(user.id)
+            rooms = await self.node.backend.rooms.user_rooms(user.id)
             await self._announce(user, "online", rooms, await store.last_seen(user.id))
 
     async def on_disconnect(self, ctx: Context) -> None:
         user = ctx.user
-        if not self.services.config.presence.enabled:
+        if not self.node.config.presence.enabled:
             return
-        if await self.services.backend.presence.connections(user.id):
+        if await self.node.backend.presence.connections(user.id):
             return  # another connection is still open
         departure = self._departures.get(user.id)
         if departure is not None:  # two connections closed at once: one timer for both
@@ -148,13 +148,13 @@ class PresencePlugin(Plugin):
             return
         departure = self._departures[user.id] = _Departure(user, set(ctx.conn.rooms))
         departure.task = asyncio.get_running_loop().create_task(
-            self._depart(user.id, self.services.config.presence.grace_period))
+            self._depart(user.id, self.node.config.presence.grace_period))
 
     async def _depart(self, user_id: str, grace: float) -> None:
         await asyncio.sleep(grace)
         departure = self._departures.pop(user_id)  # a reconnect can no longer cancel this
         try:
-            last_seen = await self.services.backend.presence.mark_offline(user_id)
+            last_seen = await self.node.backend.presence.mark_offline(user_id)
             if last_seen is not None:
                 await self._announce(departure.user, "offline", departure.rooms, last_seen)
         except Exception:
@@ -177,7 +177,7 @@ class PresencePlugin(Plugin):
 
     async def _room_mates(self, user_id: str, rooms: Iterable[str]) -> set[str]:
         """The users sharing one of ``rooms`` with ``user_id``, in rooms with presence on."""
-        store, options = self.services.backend.rooms, self.services.config.rooms.options
+        store, options = self.node.backend.rooms, self.node.config.rooms.options
         mates: set[str] = set()
         for room in rooms:
             if options(room).presence:
@@ -188,4 +188,4 @@ class PresencePlugin(Plugin):
     async def _tell(self, users: set[str], type_: str, data: dict[str, Any], sender: User) -> None:
         """One frame to every connection of each of ``users`` (never twice to one user)."""
         for user_id in users:
-            await self.services.send_to_user(user_id, type_, data, sender=sender.public())
+            await self.node.send_to_user(user_id, type_, data, sender=sender.public())

@@ -94,13 +94,13 @@ class TypingPlugin(Plugin):
     name = "typing"
     emits = {"typing": TypingEvent}
 
-    def __init__(self, config: Any, services: Any) -> None:
-        super().__init__(config, services)
+    def __init__(self, config: Any, node: Any) -> None:
+        super().__init__(config, node)
         self._active: dict[_Key, _Indicator] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def stages(self) -> list[Stage]:
-        cfg = self.services.config.typing
+        cfg = self.node.config.typing
         return [TypingRateLimit(cfg.messages_per_minute, cfg.burst)]
 
     @handles("typing", schema=TypingData,
@@ -139,7 +139,7 @@ class TypingPlugin(Plugin):
 
     # --- indicators -----------------------------------------------------------------------
     def _start(self, key: _Key, ctx: Context) -> None:
-        timeout = self.services.config.typing.timeout
+        timeout = self.node.config.typing.timeout
         timer = asyncio.get_running_loop().call_later(timeout, self._expire, key)
         owner = _owned(ctx.conn)
         owner.add(key)
@@ -170,8 +170,8 @@ class TypingPlugin(Plugin):
         if key.context is not None:
             data["context"] = key.context
         if key.kind == "room":
-            await self.services.send_to_room(key.target, "typing", data, exclude_user=key.user_id,
+            await self.node.send_to_room(key.target, "typing", data, exclude_user=key.user_id,
                                              droppable=True, sender=sender)
         else:
-            await self.services.send_to_user(key.target, "typing", data, droppable=True,
+            await self.node.send_to_user(key.target, "typing", data, droppable=True,
                                              sender=sender, to=key.target)

@@ -7,16 +7,16 @@ from typing import Any, AsyncIterator, Mapping
 import structlog
 from aiohttp import web
 
-from . import api, pages
+from .http import api, pages
 from .config import DEV_SECRET, Config
-from .keys import PIPELINE, REGISTRY, SERVICES
-from .middleware.upgrade import UpgradeGuard
-from .openapi import error_middleware
+from .keys import PIPELINE, REGISTRY, NODE
+from .http.guards import UpgradeGuard
+from .http.openapi import error_middleware
 from .pipeline import build_pipeline
 from .protocol import CloseCode
 from .registry import CORE_TYPES, Registry
 from .reload import RELOADER, Reloader
-from .services import Services
+from .node import Node
 from .ws import websocket_handler
 
 log = structlog.get_logger(__name__)
@@ -27,17 +27,17 @@ def create_app(config: Config, *, config_path: str | None = None,
     """Build the application. Plugin problems raise PluginError/ConfigError here, before any
     socket is opened. ``config_path`` and ``overrides`` (command-line flags) are what a reload
     reads again."""
-    services = Services(config, config_path=config_path)
-    registry = Registry.create(config, services)
-    services.registry = registry
-    services.metrics.track([*CORE_TYPES, *registry.handlers])
-    services.metrics.watch(services)
+    node = Node(config, config_path=config_path)
+    registry = Registry.create(config, node)
+    node.registry = registry
+    node.metrics.track([*CORE_TYPES, *registry.handlers])
+    node.metrics.watch(node)
     guard = UpgradeGuard(config)
     app = web.Application(middlewares=[error_middleware, guard.middleware])
-    app[SERVICES] = services
+    app[NODE] = node
     app[REGISTRY] = registry
     app[PIPELINE] = build_pipeline(config, registry.stages)
-    app[RELOADER] = Reloader(services, guard, app[PIPELINE], registry, overrides)
+    app[RELOADER] = Reloader(node, guard, app[PIPELINE], registry, overrides)
     app[api.HTTP_SESSIONS] = api.HttpSessions()
     app.router.add_get(config.server.ws_path, websocket_handler)
     app.router.add_routes(api.routes)
@@ -48,26 +48,26 @@ def create_app(config: Config, *, config_path: str | None = None,
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
-    services = app[SERVICES]
-    if services.config.auth.algorithm.startswith("HS") and services.config.auth.secret == DEV_SECRET:
+    node = app[NODE]
+    if node.config.auth.algorithm.startswith("HS") and node.config.auth.secret == DEV_SECRET:
         log.warning("insecure_dev_secret",
                     hint="auth.secret is the development default; set JWT_SECRET in production")
-    await services.start()
+    await node.start()
     try:
         await app[REGISTRY].startup()
     except BaseException:
-        await services.stop()
+        await node.stop()
         raise
-    log.info("server_started", node=services.node_id, backend=services.config.backend.type,
+    log.info("server_started", node=node.node_id, backend=node.config.backend.type,
              plugins=[p.name for p in app[REGISTRY].plugins])
     yield
     await app[REGISTRY].shutdown()
-    await services.stop()
+    await node.stop()
 
 
 async def _drain(app: web.Application) -> None:
     """Stop taking connections and close every open one with 1001."""
-    services = app[SERVICES]
-    services.hub.draining = True
-    log.info("server_draining", connections=len(services.hub.connections))
-    services.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")
+    node = app[NODE]
+    node.hub.draining = True
+    log.info("server_draining", connections=len(node.hub.connections))
+    node.hub.close_all(CloseCode.GOING_AWAY, "server shutting down")

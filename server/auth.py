@@ -24,7 +24,7 @@ from jwt.types import Options
 
 from .config import AuthConfig
 from .errors import AuthError
-from .plugin_api import User
+from .identity import User
 
 log = structlog.get_logger(__name__)
 

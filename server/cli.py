@@ -80,7 +80,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _run(app: Any, config: Any, log: Any) -> int:
     from aiohttp import web
 
-    from .log import AccessLogger
+    from .http.access_log import AccessLogger
 
     srv = config.server
     runner = web.AppRunner(
@@ -338,7 +338,7 @@ def _token_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_client(args: argparse.Namespace) -> int:
-    from . import client
+    from .tools import client
     from .errors import AuthError
 
     setup = _tool_setup(args, "client")
@@ -369,7 +369,7 @@ def cmd_client(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from .tools import bench
 
     setup = _tool_setup(args, "bench")
     if isinstance(setup, int):

@@ -30,7 +30,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationI
 from pydantic.types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from .errors import ConfigError
-from .httputil import Origin
+from .addresses import Origin
 
 DEV_SECRET = "switchboard-dev-secret-change-me"
 
@@ -287,6 +287,7 @@ class InboxConfig(Section):
 class PresenceConfig(Section):
     enabled: bool = True
     grace_period: NonNegativeFloat = 5.0
+    last_seen_ttl: PositiveFloat = 604800.0
     max_extra_bytes: PositiveInt = 512
     max_query_users: PositiveInt = 100
 
@@ -299,6 +300,7 @@ class TypingConfig(Section):
 
 class NotificationsConfig(Section):
     max_per_user: PositiveInt = 100
+    ttl: PositiveFloat = 604800.0
 
 
 class PermissionsConfig(Section):
@@ -348,6 +350,7 @@ class RedisConfig(Section):
 
 class BackendConfig(Section):
     type: Literal["memory", "redis"] = "memory"
+    sweep_interval: PositiveFloat = 60.0
     redis: RedisConfig = RedisConfig()
 
 

@@ -21,7 +21,7 @@ from aiohttp import WSMsgType, web
 from .protocol import CloseCode, new_id, text_frame
 
 if TYPE_CHECKING:
-    from .plugin_api import User
+    from .identity import User
 
 _TEXT = WSMsgType.TEXT
 

@@ -16,11 +16,8 @@ from typing import Any, MutableMapping, TextIO
 
 import structlog
 from aiohttp import http_exceptions
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.web import BaseRequest, StreamResponse
 
 from .config import LoggingConfig
-from .keys import CLIENT_IP
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
@@ -122,22 +119,3 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     root.addHandler(handler)
     set_level(config.level)
     logging.captureWarnings(True)
-
-
-class AccessLogger(AbstractAccessLogger):
-    """Logs method, path (never the query string), status, size, duration and client address."""
-
-    def __init__(self, logger: logging.Logger, log_format: str) -> None:
-        super().__init__(logger, log_format)
-        self._log = structlog.get_logger("server.access")
-
-    def log(self, request: BaseRequest, response: StreamResponse, time: float) -> None:
-        self._log.info(
-            "http_request", method=request.method, path=request.path, status=response.status,
-            bytes=response.body_length, duration=round(time, 4),
-            remote=request.get(CLIENT_IP) or request.remote,
-        )
-
-    @property
-    def enabled(self) -> bool:
-        return True

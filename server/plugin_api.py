@@ -50,12 +50,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from .config import Config, RoomOptions
 from .connection import Connection
 from .errors import CloseConnection, MessageRejected
-from .middleware.ratelimit import TokenBucket
+from .identity import User
+from .buckets import TokenBucket
 from .protocol import CloseCode, Envelope, ErrorCode, encode
 from .protocol import frame as make_frame
 
 if TYPE_CHECKING:
-    from .services import Services
+    from .node import Node
 
 __all__ = [
     "BaseModel", "CloseCode", "CloseConnection", "Config", "ConfigDict", "Connection", "Context",
@@ -98,24 +99,6 @@ class PluginConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True, slots=True)
-class User:
-    """The authenticated identity of a connection, from its JWT claims."""
-
-    id: str
-    username: str
-    email: str | None = None
-    roles: tuple[str, ...] = ()
-    claims: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
-
-    def public(self) -> dict[str, str]:
-        """The ``from`` object of frames this user originates."""
-        return {"id": self.id, "username": self.username}
-
-    def has_any_role(self, roles: tuple[str, ...] | list[str]) -> bool:
-        return any(r in self.roles for r in roles)
-
-
 class Stage(Protocol):
     """A step of the inbound pipeline. ``process`` may raise MessageRejected or CloseConnection,
     return ``None`` to drop the frame silently, or return the (possibly changed) envelope.
@@ -138,11 +121,11 @@ class Plugin:
     #: server-to-client types this plugin sends, with the model of their ``data`` (or None)
     emits: ClassVar[Mapping[str, type[BaseModel] | None]] = {}
 
-    def __init__(self, config: Any, services: "Services") -> None:
+    def __init__(self, config: Any, node: "Node") -> None:
         #: the validated ``Config`` instance (a dict when the plugin has no ``Config``)
         self.config = config
-        #: the node: ``services.backend`` (rooms, presence, history, inbox), ``services.hub``
-        self.services = services
+        #: the node: ``node.backend`` (rooms, presence, history, inbox), ``node.hub``
+        self.node = node
         #: a structlog logger bound with ``plugin=<name>``, for hooks outside a connection
         self.log: Any = structlog.get_logger(f"plugins.{self.name}").bind(plugin=self.name)
 
@@ -169,13 +152,13 @@ class Context:
     """What a handler or a connection hook gets: the connection, the user, the frame (None in
     hooks), this plugin's config, state and logger, and the server's sending and room operations."""
 
-    __slots__ = ("conn", "envelope", "services", "plugin", "_log")
+    __slots__ = ("conn", "envelope", "node", "plugin", "_log")
 
-    def __init__(self, conn: Connection, envelope: Envelope | None, services: "Services",
+    def __init__(self, conn: Connection, envelope: Envelope | None, node: "Node",
                  plugin: Plugin | None = None) -> None:
         self.conn = conn
         self.envelope = envelope
-        self.services = services
+        self.node = node
         self.plugin = plugin
         self._log: Any = None
 
@@ -211,7 +194,7 @@ class Context:
 
     @property
     def server_config(self) -> Config:
-        return self.services.config
+        return self.node.config
 
     @property
     def state(self) -> dict[str, Any]:
@@ -225,7 +208,7 @@ class Context:
         """Send ``type_`` to this connection, with ``reply_to`` set to the client's frame id.
         ``fields`` are frame fields: ``room``, ``to``, ``sender``, ``offset``."""
         reply_to = self.envelope.id if self.envelope else None
-        self.services.send_to_connection(self.conn, type_, data, reply_to=reply_to, **fields)
+        self.node.send_to_connection(self.conn, type_, data, reply_to=reply_to, **fields)
 
     async def ack(self, data: dict[str, Any] | None = None) -> None:
         await self.reply("ack", data or {})
@@ -241,7 +224,7 @@ class Context:
         """Send to every connection of ``user_id`` (on every node); returns local deliveries."""
         exclude = self.conn.id if exclude_self else None
         fields.setdefault("sender", self.user.public())
-        return await self.services.send_to_user(user_id, type_, data, exclude=exclude, **fields)
+        return await self.node.send_to_user(user_id, type_, data, exclude=exclude, **fields)
 
     async def send_to_room(self, room: str, type_: str, data: Any = None, *,
                            exclude_self: bool = True, **fields: Any) -> None:
@@ -249,38 +232,38 @@ class Context:
         connection."""
         exclude = self.conn.id if exclude_self else None
         fields.setdefault("sender", self.user.public())
-        await self.services.send_to_room(room, type_, data, exclude=exclude, **fields)
+        await self.node.send_to_room(room, type_, data, exclude=exclude, **fields)
 
     async def broadcast(self, type_: str, data: Any = None, *, exclude_self: bool = False,
                         **fields: Any) -> None:
         """Send to every connection of the cluster."""
         exclude = self.conn.id if exclude_self else None
         fields.setdefault("sender", self.user.public())
-        await self.services.broadcast(type_, data, exclude=exclude, **fields)
+        await self.node.broadcast(type_, data, exclude=exclude, **fields)
 
     # --- rooms ---
     async def join(self, room: str) -> int:
         """Join this connection to ``room`` with every room rule checked (raises
         MessageRejected: FORBIDDEN, NOT_FOUND, ROOM_FULL, ROOM_LIMIT_REACHED); returns the
         room's member count."""
-        return await self.services.join(self.conn, room)
+        return await self.node.join(self.conn, room)
 
     async def leave(self, room: str) -> int:
         """Leave ``room`` (NOT_IN_ROOM when not a member); returns the member count."""
-        return await self.services.leave(self.conn, room)
+        return await self.node.leave(self.conn, room)
 
     def replay_fit(self, frames: list[dict[str, Any]]) -> int:
         """How many of ``frames``, from the first, to send at once when replaying stored
         messages: they must fit in half of this connection's outbound queue
         (``server.write_buffer_size`` bytes, ``server.max_queued_messages`` frames), or a
         reconnecting client would be closed with 4008 by its own catch-up. At least one."""
-        server = self.services.config.server
+        server = self.node.config.server
         return fit_frames(frames, server.write_buffer_size // 2,
                           max(server.max_queued_messages // 2, 1))
 
     def room_options(self, room: str) -> RoomOptions:
         """The ``rooms`` config that applies to ``room`` (namespace options merged)."""
-        return self.services.config.rooms.options(room)
+        return self.node.room_options(room)
 
 
 def fit_frames(frames: list[dict[str, Any]], max_bytes: int, max_count: int) -> int:

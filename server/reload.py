@@ -22,10 +22,10 @@ from pydantic import BaseModel
 from .config import Config, KeyPath, LoggingConfig, load_config
 from .errors import ConfigError, PluginError
 from .log import set_level
-from .middleware.upgrade import UpgradeGuard
+from .http.guards import UpgradeGuard
 from .pipeline import Pipeline, build_pipeline
 from .registry import Registry
-from .services import Services
+from .node import Node
 
 log = structlog.get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -77,10 +77,10 @@ def _with(old: M, new: M, path: KeyPath) -> M:
 
 
 class Reloader:
-    def __init__(self, services: Services, guard: UpgradeGuard, pipeline: Pipeline,
+    def __init__(self, node: Node, guard: UpgradeGuard, pipeline: Pipeline,
                  registry: Registry, overrides: Mapping[str, Any] | None = None,
                  env: Mapping[str, str] | None = None) -> None:
-        self.services = services
+        self.node = node
         self.guard = guard
         self.pipeline = pipeline
         self.registry = registry
@@ -90,7 +90,7 @@ class Reloader:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _read(self) -> tuple[Config, list[str]]:
-        loaded = load_config(self.services.config_path,
+        loaded = load_config(self.node.config_path,
                              os.environ if self.env is None else self.env, overrides=self.overrides)
         try:
             Registry.classes(loaded.config)
@@ -103,13 +103,13 @@ class Reloader:
     async def reload(self) -> Reloaded:
         """Re-read the file and apply it; raises ConfigError (nothing changed) when invalid."""
         async with self._lock:
-            source = self.services.config_path or "(no file: defaults and environment)"
+            source = self.node.config_path or "(no file: defaults and environment)"
             try:
                 new, warnings = self._read()
             except ConfigError as exc:
                 log.error("config_reload_failed", path=source, errors=exc.errors)
                 raise
-            old = self.services.config
+            old = self.node.config
             changed = changed_paths(old, new)
             applied = [p for p in changed if _live(p)]
             config = old
@@ -131,18 +131,18 @@ class Reloader:
             return result
 
     async def _apply(self, old: Config, config: Config) -> None:
-        services = self.services
-        services.config = config
+        node = self.node
+        node.config = config
         self.guard.configure(config)
         fresh = build_pipeline(config, self.registry.stages)
         # in place: every open connection's read loop holds this pipeline
         self.pipeline.stages, self.pipeline.messages = fresh.stages, fresh.messages
-        for conn in tuple(services.hub.connections.values()):
+        for conn in tuple(node.hub.connections.values()):
             for key in [k for k in conn.state if k.startswith(_CORE_STATE)]:
                 del conn.state[key]  # rebuilt from the new limits at the next frame
         for room in config.rooms.default_rooms:
             if room not in old.rooms.default_rooms:
-                await services.backend.rooms.create(room)
+                await node.backend.rooms.create(room)
 
     def reload_soon(self) -> None:
         """For a signal handler: reload in a task of its own (one after the other when signals

@@ -14,29 +14,32 @@ from pydantic import BaseModel, Field
 from .auth import user_from_claims
 from .connection import Connection
 from .errors import AuthError, CloseConnection, MessageRejected
-from .keys import CLAIMS, CLIENT_IP, LEASE, PIPELINE, REGISTRY, SERVICES
+from .http.guards import CLAIMS, CLIENT_IP, LEASE
+from .keys import PIPELINE, REGISTRY, NODE
 from .metrics import INVALID
-from .openapi import describe
+from .http.openapi import describe
 from .pipeline import Pipeline
 from .plugin_api import Context
 from .protocol import (CloseCode, ErrorCode, Envelope, envelope, error_frame, frame_id,
                        parse_json)
 from .registry import CORE_TYPES
-from .services import Services
+from .node import Node
 
 log = structlog.get_logger("server.ws")
 
 _COUNTED_AS_INVALID = {ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAGE,
                        ErrorCode.UNKNOWN_MESSAGE_TYPE, ErrorCode.UNSUPPORTED_FRAME}
 _DONE = {WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR}
+#: text frames a read loop handles between two yields to the event loop (docs/benchmarks.md)
+FRAMES_PER_TURN = 4
 
 
 async def _first_frame_auth(ws: web.WebSocketResponse,
-                           services: Services) -> tuple[dict[str, Any], str | None] | None:
+                           node: Node) -> tuple[dict[str, Any], str | None] | None:
     """Wait for ``{"type": "auth", "data": {"token": ...}}`` within ``auth.first_message_timeout``
     (control frames aside); anything else gets an error frame and close 4500."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + services.config.auth.first_message_timeout
+    deadline = loop.time() + node.config.auth.first_message_timeout
     while True:
         try:
             # a zero timeout would mean "no timeout" to aiohttp
@@ -62,7 +65,7 @@ async def _first_frame_auth(ws: web.WebSocketResponse,
         token = env.data.get("token")
         if env.type != "auth" or not isinstance(token, str):
             raise AuthError("the first frame must be {\"type\": \"auth\", \"data\": {\"token\": ...}}")
-        claims = await services.auth.verify(token)
+        claims = await node.auth.verify(token)
     except (MessageRejected, AuthError) as exc:
         log.info("auth_failed", via="first_frame", reason=str(exc))
         try:
@@ -83,8 +86,8 @@ class _UpgradeQuery(BaseModel):
 @describe("The WebSocket endpoint (docs/protocol.md); refusals before the upgrade are JSON",
           query=_UpgradeQuery, status=101, errors=(400, 401, 403, 429, 503), tags=("websocket",))
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    cfg = services.config
+    node = request.app[NODE]
+    cfg = node.config
     ws = web.WebSocketResponse(
         max_msg_size=cfg.server.max_message_size,
         compress=cfg.server.compression,
@@ -95,7 +98,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     claims = request.get(CLAIMS)
     auth_frame_id: str | None = None
     if claims is None:
-        authed = await _first_frame_auth(ws, services)
+        authed = await _first_frame_auth(ws, node)
         if authed is None:
             return ws
         claims, auth_frame_id = authed
@@ -112,55 +115,55 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
     conn.log = log.bind(conn_id=conn.id, user_id=user.id)
     structlog.contextvars.bind_contextvars(conn_id=conn.id, user_id=user.id)
     try:
-        await _serve(request, services, conn, claims, auth_frame_id)
+        await _serve(request, node, conn, claims, auth_frame_id)
     finally:
         structlog.contextvars.unbind_contextvars("conn_id", "user_id")
     return ws
 
 
-async def _serve(request: web.Request, services: Services, conn: Connection,
+async def _serve(request: web.Request, node: Node, conn: Connection,
                  claims: dict[str, Any], auth_frame_id: str | None) -> None:
-    cfg = services.config
+    cfg = node.config
     registry = request.app[REGISTRY]
     pipeline = request.app[PIPELINE]
-    hub = services.hub
+    hub = node.hub
     hub.add(conn)
-    services.metrics.connection_opened()
+    node.metrics.connection_opened()
     conn.start()
     if hub.draining:  # admitted just before the drain began: close_all() did not see it
         conn.close(CloseCode.GOING_AWAY, "server shutting down")
     ws = conn.ws
     try:
-        await services.backend.presence.add_connection(
+        await node.backend.presence.add_connection(
             conn.user.id, conn.id, {"username": conn.user.username, "connected_at": conn.connected_at,
-                                    "node": services.node_id})
+                                    "node": node.node_id})
         wanted = list(cfg.rooms.default_rooms)
         query_rooms = request.query.get("rooms", "")
         wanted += [r.strip() for r in query_rooms.split(",") if r.strip() and r.strip() not in wanted]
         for room in wanted:
             try:
-                await services.join(conn, room)
+                await node.join(conn, room)
             except MessageRejected as exc:
                 conn.log.info("connect_join_refused", room=room, code=exc.code)
                 conn.send(error_frame(exc.code, exc.message))
         exp = claims.get("exp")
-        conn.schedule_expiry(services.auth.deadline(claims))
-        services.send_to_connection(conn, "connected", {
+        conn.schedule_expiry(node.auth.deadline(claims))
+        node.send_to_connection(conn, "connected", {
             "connection_id": conn.id,
             "user": conn.user.public(),
-            "online_count": await services.backend.presence.online_count(),
+            "online_count": await node.backend.presence.online_count(),
             "rooms": sorted(conn.rooms),
             "heartbeat": {"interval": cfg.server.ping_period, "timeout": cfg.server.pong_wait},
             "expires_at": int(exp) if exp is not None else None,
-            "node": services.node_id,
+            "node": node.node_id,
         }, reply_to=auth_frame_id)
         conn.log.info("connection_opened", remote=conn.remote, rooms=sorted(conn.rooms))
         for plugin in registry.plugins:
             try:
-                await plugin.on_connect(Context(conn, None, services, plugin))
+                await plugin.on_connect(Context(conn, None, node, plugin))
             except Exception:
                 conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_connect")
-        await _read_loop(services, registry, pipeline, conn)
+        await _read_loop(node, registry, pipeline, conn)
     finally:
         hub.remove(conn)
         await conn.finish()
@@ -173,23 +176,24 @@ async def _serve(request: web.Request, services: Services, conn: Connection,
                 pass
         rooms = set(conn.rooms)
         for room in rooms:
-            await services.leave(conn, room, closing=True)
+            await node.leave(conn, room, closing=True)
         conn.rooms = rooms  # on_disconnect hooks see the rooms the connection was in
-        await services.backend.presence.remove_connection(conn.user.id, conn.id)
+        await node.backend.presence.remove_connection(conn.user.id, conn.id)
         for plugin in registry.plugins:
             try:
-                await plugin.on_disconnect(Context(conn, None, services, plugin))
+                await plugin.on_disconnect(Context(conn, None, node, plugin))
             except Exception:
                 conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_disconnect")
         closed_with = int(conn.close_code or ws.close_code or 0)
-        services.metrics.connection_closed(closed_with)
+        node.metrics.connection_closed(closed_with)
         conn.log.info("connection_closed", code=closed_with,
                       duration=round(time.time() - conn.connected_at, 3))
 
 
-async def _read_loop(services: Services, registry: Any, pipeline: Pipeline, conn: Connection) -> None:
+async def _read_loop(node: Node, registry: Any, pipeline: Pipeline, conn: Connection) -> None:
     ws = conn.ws
-    stats = services.stats
+    stats = node.stats
+    since_yield = 0
     while True:
         msg = await ws.receive()
         conn.last_activity = time.monotonic()
@@ -200,17 +204,22 @@ async def _read_loop(services: Services, registry: Any, pipeline: Pipeline, conn
             continue
         if kind is WSMsgType.TEXT:
             stats.messages_in += 1
-            await handle_frame(services, registry, pipeline, conn, msg.data)
-            # frames already buffered are returned without suspending: yield once per frame so
-            # the writer tasks of the recipients drain their queues between a client's frames
-            await asyncio.sleep(0)
+            await handle_frame(node, registry, pipeline, conn, msg.data)
+            # frames already buffered are returned without suspending: every few frames, let
+            # the event loop poll the sockets and run the other tasks (the other connections'
+            # frames, the writer tasks of recipients that fell behind) so one client's burst
+            # neither starves the others nor closes its recipients as slow consumers
+            since_yield += 1
+            if since_yield == FRAMES_PER_TURN:
+                since_yield = 0
+                await asyncio.sleep(0)
         elif kind is WSMsgType.PING:
             await ws.pong(msg.data)
         elif kind is WSMsgType.PONG:
             continue
         elif kind is WSMsgType.BINARY:
-            services.metrics.frame_handled(INVALID, 0.0)
-            _reject(services, pipeline, conn, MessageRejected(ErrorCode.UNSUPPORTED_FRAME,
+            node.metrics.frame_handled(INVALID, 0.0)
+            _reject(node, pipeline, conn, MessageRejected(ErrorCode.UNSUPPORTED_FRAME,
                                                               "binary frames are not accepted"), None)
         elif kind in _DONE:
             if kind is WSMsgType.ERROR:
@@ -218,10 +227,10 @@ async def _read_loop(services: Services, registry: Any, pipeline: Pipeline, conn
             return
 
 
-def _reject(services: Services, pipeline: Pipeline, conn: Connection, exc: MessageRejected,
+def _reject(node: Node, pipeline: Pipeline, conn: Connection, exc: MessageRejected,
             reply_to: str | None) -> None:
     conn.log.info("frame_rejected", code=exc.code, reason=exc.message)
-    services.metrics.frame_rejected(exc.code)
+    node.metrics.frame_rejected(exc.code)
     conn.send(error_frame(exc.code, exc.message, reply_to=reply_to, retry_after=exc.retry_after))
     if exc.code in _COUNTED_AS_INVALID:
         conn.invalid_frames += 1
@@ -229,7 +238,7 @@ def _reject(services: Services, pipeline: Pipeline, conn: Connection, exc: Messa
             conn.close(CloseCode.TOO_MANY_INVALID, "too many invalid frames")
 
 
-async def handle_frame(services: Services, registry: Any, pipeline: Pipeline, conn: Connection,
+async def handle_frame(node: Node, registry: Any, pipeline: Pipeline, conn: Connection,
                        data: str) -> None:
     """One text frame through the pipeline in its order (server/pipeline.py), then dispatch.
     ``POST /api/messages`` comes this way too, on a connection of its own (server/api.py)."""
@@ -248,51 +257,51 @@ async def handle_frame(services: Services, registry: Any, pipeline: Pipeline, co
         result = await pipeline.run(conn, env)
         if result is None:
             return
-        await dispatch(services, registry, conn, result)
+        await dispatch(node, registry, conn, result)
     except MessageRejected as exc:
-        _reject(services, pipeline, conn, exc, reply_to)
+        _reject(node, pipeline, conn, exc, reply_to)
     except CloseConnection as exc:
         conn.close(exc.code, exc.reason)
     except Exception:
         conn.log.exception("handler_failed", type=env.type if env else None)
-        services.metrics.frame_rejected(ErrorCode.INTERNAL_ERROR)
+        node.metrics.frame_rejected(ErrorCode.INTERNAL_ERROR)
         conn.send(error_frame(ErrorCode.INTERNAL_ERROR, "internal error while handling the frame",
                               reply_to=reply_to))
     finally:
-        services.metrics.frame_handled(env.type if env is not None else INVALID,
+        node.metrics.frame_handled(env.type if env is not None else INVALID,
                                        time.perf_counter() - started)
 
 
-async def dispatch(services: Services, registry: Any, conn: Connection, env: Envelope) -> None:
+async def dispatch(node: Node, registry: Any, conn: Connection, env: Envelope) -> None:
     """The last step of a frame: its type's permission (``FORBIDDEN``), then its handler. The
     HTTP API acts on a user's open connections this way (``POST /api/rooms/{id}/join``)."""
-    roles = services.config.permissions.types.get(env.type)
+    roles = node.config.permissions.types.get(env.type)
     if roles is not None and not conn.user.has_any_role(roles):
         raise MessageRejected(ErrorCode.FORBIDDEN, f"your roles may not send {env.type!r}")
     handler = registry.handlers.get(env.type)
     if handler is None:
-        await _core(services, conn, env)
+        await _core(node, conn, env)
     else:
-        await handler.func(Context(conn, env, services, handler.plugin), env.payload)
+        await handler.func(Context(conn, env, node, handler.plugin), env.payload)
 
 
-async def _core(services: Services, conn: Connection, env: Any) -> None:
+async def _core(node: Node, conn: Connection, env: Any) -> None:
     if env.type == "ping":
-        services.send_to_connection(conn, "pong", {}, reply_to=env.id)
+        node.send_to_connection(conn, "pong", {}, reply_to=env.id)
     elif env.type == "refresh":
         token = env.data.get("token")
         if not isinstance(token, str) or not token:
             raise MessageRejected(ErrorCode.INVALID_MESSAGE, "data.token is required")
         try:
-            claims = await services.auth.verify(token)
+            claims = await node.auth.verify(token)
         except AuthError as exc:
             raise MessageRejected(ErrorCode.UNAUTHORIZED, f"refresh refused: {exc}") from None
         if claims["sub"] != conn.user.id:
             raise MessageRejected(ErrorCode.FORBIDDEN, "refresh token is for another user")
         exp = claims.get("exp")
         expires_at = int(exp) if exp is not None else None
-        conn.schedule_expiry(services.auth.deadline(claims))
+        conn.schedule_expiry(node.auth.deadline(claims))
         conn.log.info("token_refreshed", expires_at=expires_at)
-        services.send_to_connection(conn, "refreshed", {"expires_at": expires_at}, reply_to=env.id)
+        node.send_to_connection(conn, "refreshed", {"expires_at": expires_at}, reply_to=env.id)
     else:  # "auth", the last core type
         raise MessageRejected(ErrorCode.INVALID_MESSAGE, "already authenticated; use 'refresh'")

@@ -44,8 +44,8 @@ class Echo(Plugin):
     name = "echo"
     emits = {"echo": EchoData, "hello": None}
 
-    def __init__(self, config: Any, services: Any) -> None:
-        super().__init__(config, services)
+    def __init__(self, config: Any, node: Any) -> None:
+        super().__init__(config, node)
         self.disconnected = asyncio.Event()
         self.shut_down = False
 
@@ -144,7 +144,7 @@ class EchoTwin(Plugin):
 class InitFails(Plugin):
     name = "initfails"
 
-    def __init__(self, config: Any, services: Any) -> None:
+    def __init__(self, config: Any, node: Any) -> None:
         raise RuntimeError("cannot open its file")
 
 

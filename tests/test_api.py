@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.config import load_config
-from server.openapi import route_path
+from server.http.openapi import route_path
 from server.reload import RELOADER
 from tests.conftest import SECRET, WS, connector, make_config, make_token
 

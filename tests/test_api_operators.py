@@ -13,7 +13,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.backends.memory import MemoryBackend
-from server.keys import SERVICES
+from server.keys import NODE
 from tests.conftest import Connect, connector, make_config, make_token
 
 KEY = "operator-key-0123456789abcdef"
@@ -64,7 +64,7 @@ async def test_stats_count_this_node(client: TestClient, connect: Connect) -> No
     assert (stats["total_connections"], stats["unique_users"], stats["total_rooms"]) == (3, 2, 1)
     assert stats["rooms"] == {"lobby": 2}
     assert stats["messages_in"] == 1 and stats["messages_out"] >= 5  # 3 connected, ack, copy
-    assert stats["node"] == client.app[SERVICES].node_id and stats["uptime_seconds"] >= 0
+    assert stats["node"] == client.app[NODE].node_id and stats["uptime_seconds"] >= 0
 
 
 async def test_send_pushes_any_type_to_each_listed_user(client: TestClient, connect: Connect) -> None:
@@ -165,7 +165,7 @@ async def test_revoking_a_token_closes_its_connections_and_refuses_it(client: Te
 async def test_cleanup_closes_connections_whose_peer_went_silent(client: TestClient,
                                                                 connect: Connect) -> None:
     silent, alive = await connect("a"), await connect("b")
-    hub = client.app[SERVICES].hub
+    hub = client.app[NODE].hub
     await hub.stop()  # the sweeper would close it first; cleanup is the operator doing it now
     conn = next(c for c in hub.connections.values() if c.user.id == "a")
     conn.last_activity = time.monotonic() - hub.server.pong_wait - 1
@@ -181,9 +181,9 @@ async def test_health_and_readiness(client: TestClient) -> None:
     status, body = await call(client, "GET", "/healthz", headers={})
     assert status == 200 and body["status"] == "ok"
     status, body = await call(client, "GET", "/readyz", headers={})
-    assert status == 200 and body == {"status": "ready", "node": client.app[SERVICES].node_id,
+    assert status == 200 and body == {"status": "ready", "node": client.app[NODE].node_id,
                                       "backend": "memory"}
-    client.app[SERVICES].hub.draining = True  # what SIGTERM's drain sets
+    client.app[NODE].hub.draining = True  # what SIGTERM's drain sets
     status, body = await call(client, "GET", "/readyz", headers={})
     assert status == 503 and body["error"]["code"] == "NOT_READY"
     status, _ = await call(client, "GET", "/healthz", headers={})
@@ -199,8 +199,8 @@ class _Unreachable(MemoryBackend):
 
 async def test_readiness_fails_while_the_backend_does_not_answer(aiohttp_client: Any) -> None:
     app = create_app(make_config())
-    services = app[SERVICES]
-    services.backend = _Unreachable(services.node_id)
+    node = app[NODE]
+    node.backend = _Unreachable(node.node_id)
     client = await aiohttp_client(app)
     status, body = await call(client, "GET", "/readyz", headers={})
     assert status == 503 and body["error"]["message"] == "the backend does not answer"

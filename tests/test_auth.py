@@ -24,7 +24,7 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from server.app import create_app
 from server.errors import AuthError
-from server.keys import SERVICES
+from server.keys import NODE
 from tests.conftest import SECRET, WS, Connect, connector, make_config, make_token
 
 WS_HEADERS = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
@@ -206,7 +206,7 @@ async def test_revoked_jti_from_config_refused(make_server: Any) -> None:
 async def test_revoked_jti_at_run_time_refused(client: TestClient, connect: Connect) -> None:
     token = make_token("u1", jti="j-runtime")
     assert (await connect(token=token)).connected is not None
-    client.server.app[SERVICES].auth.revocations.revoke("j-runtime", time.time() + 3600)
+    client.server.app[NODE].auth.revocations.revoke("j-runtime", time.time() + 3600)
     assert await assert_refused(client, token=token) == "token revoked"
     ws = await first_frame_client(client)
     await ws.send("auth", data={"token": token})
@@ -230,7 +230,7 @@ async def test_claims_of_the_wrong_type_refused(client: TestClient, claim: str, 
 async def test_roles_claim_may_be_one_string(client: TestClient) -> None:
     token = jwt.encode(claims(roles="admin"), SECRET, algorithm="HS256")
     ws = await connector(client)(token=token)
-    conn = next(iter(client.server.app[SERVICES].hub.connections.values()))
+    conn = next(iter(client.server.app[NODE].hub.connections.values()))
     assert ws.connected is not None and conn.user.roles == ("admin",)
 
 
@@ -317,7 +317,7 @@ async def test_rs256_via_jwks_with_key_rotation(aiohttp_server: Any, make_server
     hits: list[str] = []
     url = await jwks_server(aiohttp_server, served, hits)
     client = await make_server({"auth": {"algorithm": "RS256", "jwks_url": url}})
-    client.server.app[SERVICES].auth.jwks_refetch_interval = 0.0  # let each unknown kid refetch
+    client.server.app[NODE].auth.jwks_refetch_interval = 0.0  # let each unknown kid refetch
     connect = connector(client)
 
     def signed(key: Any, kid: str, alg: str = "RS256") -> str:

@@ -12,18 +12,18 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from server.errors import MessageRejected
-from server.keys import SERVICES
-from server.services import Services
+from server.keys import NODE
+from server.node import Node
 from tests.conftest import WS, Connect, connector
 
 MakeServer = Callable[..., Awaitable[TestClient[Any, Any]]]
 _ids = itertools.count()
 
 
-async def serve(make_server: MakeServer, overrides: dict[str, Any] | None = None) -> tuple[Connect, Services]:
-    """A server with ``overrides``; returns its connect function and its services."""
+async def serve(make_server: MakeServer, overrides: dict[str, Any] | None = None) -> tuple[Connect, Node]:
+    """A server with ``overrides``; returns its connect function and its node."""
     client = await make_server(overrides or {})
-    return connector(client), client.app[SERVICES]
+    return connector(client), client.app[NODE]
 
 
 async def quiet(ws: WS) -> None:
@@ -90,9 +90,9 @@ async def test_join_and_leave_events_count_users_not_connections(connect: Connec
 
 async def test_rooms_on_connect_and_operator_rooms_when_clients_cannot_create(
         make_server: MakeServer) -> None:
-    connect, services = await serve(make_server, {"rooms": {
+    connect, node = await serve(make_server, {"rooms": {
         "allow_client_create": False, "default_rooms": ["lobby"]}})
-    await services.backend.rooms.create("ops-made", max_members=1)  # what POST /api/rooms does
+    await node.backend.rooms.create("ops-made", max_members=1)  # what POST /api/rooms does
     a = await connect("a", query={"rooms": "ops-made,lobby"})
     assert a.connected is not None and a.connected["data"]["rooms"] == ["lobby", "ops-made"]
     assert await error_code(a, "join", room="new-room") == "NOT_FOUND"
@@ -120,14 +120,14 @@ async def test_room_caps(make_server: MakeServer) -> None:
 
 async def test_a_room_a_client_created_goes_when_empty_but_its_history_stays(
         make_server: MakeServer) -> None:
-    connect, services = await serve(make_server, {"rooms": {"max_rooms": 2, "default_rooms": ["lobby"]}})
+    connect, node = await serve(make_server, {"rooms": {"max_rooms": 2, "default_rooms": ["lobby"]}})
     a, b = await connect("a"), await connect("b")
     start = (await join(a, "temp"))["offset"]
     await send(a, "temp", "kept")
     await a.request("leave", room="temp")
     await join(b, "lobby")
     await b.request("leave", room="lobby")
-    assert [r.id for r in await services.backend.rooms.list()] == ["lobby"]  # lobby is an operator's
+    assert [r.id for r in await node.backend.rooms.list()] == ["lobby"]  # lobby is an operator's
     assert (await join(b, "other"))["members_count"] == 1  # temp's place is free again
     await b.request("leave", room="other")
     back = await join(a, "temp", since=start)
@@ -168,7 +168,7 @@ async def test_namespaces_take_their_own_options(make_server: MakeServer) -> Non
 
 
 async def test_three_users_two_rooms_and_a_read_only_namespace(make_server: MakeServer) -> None:
-    connect, services = await serve(make_server, {"rooms": {"namespaces": {
+    connect, node = await serve(make_server, {"rooms": {"namespaces": {
         "news": {"client_publish": False, "join_leave_events": False}}}})
     a, b, c = await connect("a", username="ann"), await connect("b"), await connect("c")
     for ws in (a, b, c):
@@ -189,8 +189,8 @@ async def test_three_users_two_rooms_and_a_read_only_namespace(make_server: Make
     await quiet(c)
     for ws in (a, b, c):
         assert await error_code(ws, "message", room="news:today", data={"content": "x"}) == "FORBIDDEN"
-    # only the server (the HTTP API, through services) publishes there
-    posted = await services.post_to_room("news:today", "message", {"content": "headline"})
+    # only the server (the HTTP API, through node) publishes there
+    posted = await node.post_to_room("news:today", "message", {"content": "headline"})
     for ws in (a, b, c):
         got = await ws.recv_type("message")
         assert got["room"] == "news:today" and got["offset"] == posted["offset"] and "from" not in got
@@ -198,15 +198,15 @@ async def test_three_users_two_rooms_and_a_read_only_namespace(make_server: Make
 
 
 async def test_an_operator_deletes_a_room(make_server: MakeServer) -> None:
-    connect, services = await serve(make_server)
+    connect, node = await serve(make_server)
     a, b = await connect("a"), await connect("b")
     start = (await join(a, "doomed"))["offset"]
     await join(b, "doomed")
     await a.recv_type("user_joined")
     await send(a, "doomed", "last words")
     await b.recv_type("message")
-    assert await services.delete_room("doomed") is True
-    assert await services.delete_room("doomed") is False
+    assert await node.delete_room("doomed") is True
+    assert await node.delete_room("doomed") is False
     for ws in (a, b):
         left = await ws.recv_type("left")
         assert left["data"] == {"room": "doomed", "members_count": 0, "reason": "deleted"}
@@ -495,16 +495,16 @@ async def test_a_large_inbox_comes_in_batches_one_per_ack(make_server: MakeServe
 
 # --- 8. system messages -------------------------------------------------------------------------
 async def test_operators_system_messages_reach_everyone_or_a_room(make_server: MakeServer) -> None:
-    connect, services = await serve(make_server)
+    connect, node = await serve(make_server)
     a, b, c = await connect("a"), await connect("b"), await connect("c")
     data = {"content": "Server restarts at 03:00", "severity": "info", "nested": {"k": [1, 2]}}
-    sent = await services.system_message(data)
+    sent = await node.system_message(data)
     for ws in (a, b, c):
         got = await ws.recv_type("system_message")
         assert got["data"] == data and got["id"] == sent["id"] and "from" not in got
     start = (await join(a, "r"))["offset"]
     await join(b, "r")
-    posted = await services.system_message({"content": "room archived tomorrow"}, room="r")
+    posted = await node.system_message({"content": "room archived tomorrow"}, room="r")
     for ws in (a, b):
         got = await ws.recv_type("system_message")
         assert got["room"] == "r" and got["offset"] == posted["offset"]
@@ -513,7 +513,7 @@ async def test_operators_system_messages_reach_everyone_or_a_room(make_server: M
     assert [(m["type"], m["data"]) for m in replay["missed"]] == [
         ("system_message", {"content": "room archived tomorrow"})]
     with pytest.raises(MessageRejected) as refused:
-        await services.system_message({"content": "x"}, room="nowhere")
+        await node.system_message({"content": "x"}, room="nowhere")
     assert refused.value.code == "NOT_FOUND"
     assert await error_code(a, "system_message", data={"content": "forged"}) == "UNKNOWN_MESSAGE_TYPE"
 

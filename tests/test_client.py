@@ -24,7 +24,7 @@ import pytest
 from aiohttp import WSMsgType, web
 from aiohttp.test_utils import TestClient, TestServer
 
-from server.keys import SERVICES
+from server.keys import NODE
 from server.protocol import encode, frame
 from tests.conftest import SECRET, connector
 
@@ -222,7 +222,7 @@ async def test_reconnects_and_rejoins_with_since(tmp_path: Path, server: TestCli
     await cli.expect("joined", reply_to="c1")
     await bob.request("message", room="lobby", data={"content": "before"})
     await cli.expect("message")
-    hub = server.server.app[SERVICES].hub
+    hub = server.server.app[NODE].hub
     for conn in hub.user_connections("erin"):
         conn.close(4010, "heartbeat timeout")
     # sent at once: the client waits at least 0.125 s before it reconnects
@@ -245,7 +245,7 @@ async def test_a_final_close_is_not_retried(tmp_path: Path, server: TestClient) 
     cli = await start_cli(tmp_path, ws_url(server), "--username", "frank")
     await cli.expect("connected")
     await cli.send("wait 30")
-    for conn in server.server.app[SERVICES].hub.user_connections("frank"):
+    for conn in server.server.app[NODE].hub.user_connections("frank"):
         conn.close(4503, "kicked")
     assert (await cli.expect("client.disconnected"))["data"] == {"code": 4503, "reason": "kicked"}
     code, err = await cli.finish()

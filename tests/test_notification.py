@@ -1,6 +1,6 @@
 """The notification plugin: pushed to every connection of the user, stored unread (bounded)
 and sent again on each connect until read; only roles in permissions.notify may send one; the
-method the HTTP API calls for services."""
+method the HTTP API calls for node."""
 
 from __future__ import annotations
 

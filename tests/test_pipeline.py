@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from server.connection import Connection
-from server.middleware.ratelimit import BucketMap
+from server.pipeline.ratelimit import BucketMap
 from server.plugin_api import Envelope, ErrorCode, MessageRejected, Plugin
 from tests.conftest import WS, Connect, connector, make_token
 

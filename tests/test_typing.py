@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from server.keys import SERVICES
+from server.keys import NODE
 from tests.conftest import Connect, connector
 
 TYPING = "plugins.typing_indicator:TypingPlugin"
@@ -164,7 +164,7 @@ async def test_slow_client_drops_typing_frames_and_stays_connected(make_server: 
     sender, slow = await connect("s"), await connect("slow")
     for ws in (sender, slow):
         await ws.request("join", room="r")
-    slow_conn = next(c for c in client.app[SERVICES].hub.connections.values() if c.user.id == "slow")
+    slow_conn = next(c for c in client.app[NODE].hub.connections.values() if c.user.id == "slow")
     # fill the socket until the slow client's writer is stuck (it does not read meanwhile)
     for _ in range(2000):
         assert (await sender.request("message", room="r", data={"content": "m" * 60000}))["type"] == "ack"

@@ -20,7 +20,7 @@ from yarl import URL
 
 from server.config import load_config
 from server.errors import ConfigError
-from server.middleware.upgrade import ConnectRate
+from server.http.guards import ConnectRate
 from tests.conftest import WS, make_token
 
 MakeServer = Callable[..., Awaitable[TestClient]]

@@ -13,4 +13,4 @@ def create_backend(config: Config, node_id: str) -> Backend:
         return create_redis_backend(config, node_id)
     from .memory import MemoryBackend
 
-    return MemoryBackend(node_id)
+    return MemoryBackend(node_id, config)

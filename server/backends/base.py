@@ -85,7 +85,8 @@ class UserPresence:
     status: str
     #: open connections, cluster-wide
     connections: int
-    #: Unix seconds when the user's connections last dropped to none; None if never seen to
+    #: Unix seconds when the user's connections last dropped to none; None if never seen to,
+    #: or longer ago than ``presence.last_seen_ttl``
     last_seen: float | None
     username: str | None = None
     #: Unix seconds the oldest open connection opened; None without one
@@ -114,8 +115,9 @@ class PresenceStore(Protocol):
         Returns how many connections the user now has (cluster-wide)."""
         ...
     async def remove_connection(self, user_id: str, conn_id: str) -> int:
-        """Forget a connection; when it was the user's last, ``last_seen`` becomes now.
-        Returns how many connections the user has left."""
+        """Forget a connection; when it was the user's last, ``last_seen`` becomes now (and is
+        forgotten ``presence.last_seen_ttl`` later). Returns how many connections the user has
+        left. Nothing else is kept for a user with no connection."""
         ...
     async def connections(self, user_id: str) -> dict[str, dict[str, Any]]: ...
     async def online_users(self, *, limit: int | None = None, offset: int = 0) -> list[str]:
@@ -155,9 +157,14 @@ class History(Protocol):
     """Each room's last messages, for catching up (``join`` with ``since``) and ``history``.
 
     Offsets are opaque strings, ``<epoch>:<seq>`` in the built-in backends: ``seq`` numbers a
-    room's messages 1, 2, 3... and never goes back within an epoch; the epoch changes whenever
-    the numbering may have started over (a restart of the memory backend), so an offset of
-    another epoch is never mistaken for a position in this one.
+    room's messages consecutively (1, 2, 3... in a new room) and never goes back within an
+    epoch; the epoch changes whenever the numbering may have started over (a restart of the
+    memory backend), so an offset of another epoch is never mistaken for a position in this one.
+
+    A room none of whose messages is kept any more (expired, dropped, ``size`` 0) may be
+    forgotten by the backend; its numbering then goes on from at least where it was, so an
+    offset from before is answered with ``recovered`` False when messages may have been
+    missed, never with a silent gap.
     """
 
     async def append(self, room: str, message: dict[str, Any], *, size: int,
@@ -173,7 +180,8 @@ class History(Protocol):
         (up to ``limit``) with ``recovered`` False."""
         ...
     async def current(self, room: str) -> str:
-        """The offset of the room's last message (``<epoch>:0`` before the first)."""
+        """The offset of the room's last message (``<epoch>:0`` before the first in a new
+        room)."""
         ...
     async def drop(self, room: str) -> None:
         """Forget the kept messages; offsets go on from where they were."""
@@ -183,7 +191,8 @@ class History(Protocol):
 class Inbox(Protocol):
     """Each user's private messages that found no open connection, oldest first, at most
     ``size`` (the oldest go first) for ``ttl`` seconds, until the user acknowledges them.
-    Offsets are opaque, of the same form as :class:`History`'s, and never reused in an epoch."""
+    Offsets are opaque, of the same form as :class:`History`'s, and never reused in an epoch
+    (not even after an emptied inbox was forgotten)."""
 
     async def push(self, user_id: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
         """Store ``message``, setting its ``offset`` field; returns the offset."""
@@ -218,15 +227,17 @@ MaybeAwaitable = Awaitable[None] | None
 
 
 class NotificationStore(Protocol):
-    """Each user's notifications, oldest first, at most ``size`` of them (the oldest go first),
-    each unread until marked read. A notification is the frame that was delivered (a dict with
-    at least ``id``); the store gives it back as it was added."""
+    """Each user's unread notifications, oldest first, at most ``size`` of them (the oldest go
+    first), each for ``ttl`` seconds or until marked read, when it is dropped. A notification
+    is the frame that was delivered (a dict with at least ``id``); the store gives it back as
+    it was added."""
 
-    async def add(self, user_id: str, notification: dict[str, Any], *, size: int) -> None: ...
+    async def add(self, user_id: str, notification: dict[str, Any], *, size: int,
+                  ttl: float) -> None: ...
     async def unread(self, user_id: str) -> list[dict[str, Any]]:
         """The user's unread notifications, oldest first."""
         ...
     async def mark_read(self, user_id: str, ids: list[str]) -> int:
         """Mark those of ``ids`` the user has as read; returns how many of them were unread
-        (unknown and already read ids count for nothing)."""
+        (unknown, expired and already read ids count for nothing)."""
         ...

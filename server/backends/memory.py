@@ -1,16 +1,30 @@
 """In-memory backend: one process, nothing survives a restart (offsets carry an epoch so a
-client resuming across a restart gets ``recovered: false`` instead of a silent gap)."""
+client resuming across a restart gets ``recovered: false`` instead of a silent gap).
+
+Everything kept for a user or a room that is gone has a bound (docs/operations.md, "Memory"):
+a room's members and a user's rooms and connections go with them; ``last_seen`` stays
+``presence.last_seen_ttl``, history messages ``history_ttl``, inbox messages ``inbox.ttl`` and
+unread notifications ``notifications.ttl``. A sweep every ``backend.sweep_interval`` seconds
+drops what expired and forgets the streams and users left with nothing, whether or not anyone
+writes or reads again.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import secrets
 import time
-from collections import defaultdict, deque
+from collections import deque
 from typing import Any
 
+import structlog
+
+from ..config import Config
 from .base import (DEFAULT_ROUTE, Deliver, HistoryPage, RoomInfo, Route, TargetKind,
                    UserPresence)
+
+log = structlog.get_logger(__name__)
 
 
 def _parse_offset(offset: str | None) -> tuple[str, int] | None:
@@ -40,9 +54,9 @@ class MemoryBroker:
 class MemoryRoomStore:
     def __init__(self) -> None:
         self._rooms: dict[str, RoomInfo] = {}
-        # room -> user -> conn ids
-        self._members: dict[str, dict[str, set[str]]] = defaultdict(dict)
-        self._user_rooms: dict[str, set[str]] = defaultdict(set)
+        # room -> user -> conn ids; user -> rooms. Neither keeps an empty entry.
+        self._members: dict[str, dict[str, set[str]]] = {}
+        self._user_rooms: dict[str, set[str]] = {}
 
     async def get(self, room: str) -> RoomInfo | None:
         info = self._rooms.get(room)
@@ -64,8 +78,15 @@ class MemoryRoomStore:
     async def delete(self, room: str) -> bool:
         found = self._rooms.pop(room, None) is not None
         for user in self._members.pop(room, {}):
-            self._user_rooms[user].discard(room)
+            self._leave(user, room)
         return found
+
+    def _leave(self, user_id: str, room: str) -> None:
+        rooms = self._user_rooms.get(user_id)
+        if rooms is not None:
+            rooms.discard(room)
+            if not rooms:
+                del self._user_rooms[user_id]
 
     async def list(self) -> list[RoomInfo]:
         for room, info in self._rooms.items():
@@ -76,9 +97,9 @@ class MemoryRoomStore:
         return len(self._rooms)
 
     async def add_member(self, room: str, user_id: str, conn_id: str) -> int:
-        members = self._members[room]
+        members = self._members.setdefault(room, {})
         members.setdefault(user_id, set()).add(conn_id)
-        self._user_rooms[user_id].add(room)
+        self._user_rooms.setdefault(user_id, set()).add(room)
         return len(members)
 
     async def remove_member(self, room: str, user_id: str, conn_id: str) -> tuple[int, bool]:
@@ -90,11 +111,7 @@ class MemoryRoomStore:
         gone = not conns
         if gone:
             del members[user_id]
-            rooms = self._user_rooms.get(user_id)
-            if rooms is not None:
-                rooms.discard(room)
-                if not rooms:
-                    del self._user_rooms[user_id]
+            self._leave(user_id, room)
         if not members:
             del self._members[room]
             info = self._rooms.get(room)
@@ -124,9 +141,11 @@ class _Presence:
 
 
 class MemoryPresenceStore:
-    def __init__(self) -> None:
+    def __init__(self, last_seen_ttl: float) -> None:
         self._online: dict[str, _Presence] = {}  # in the order users came online
+        #: when each user's connections last dropped to none, oldest first
         self._last_seen: dict[str, float] = {}
+        self._last_seen_ttl = last_seen_ttl
 
     async def add_connection(self, user_id: str, conn_id: str, info: dict[str, Any]) -> int:
         conns = self._online.setdefault(user_id, _Presence()).conns
@@ -138,6 +157,7 @@ class MemoryPresenceStore:
         if entry is None or entry.conns.pop(conn_id, None) is None:
             return len(entry.conns) if entry else 0
         if not entry.conns:
+            self._last_seen.pop(user_id, None)  # to the end: the newest goes last
             self._last_seen[user_id] = round(time.time(), 3)
             if not entry.announced:
                 del self._online[user_id]
@@ -196,9 +216,15 @@ class MemoryPresenceStore:
         del self._online[user_id]
         return self._last_seen.get(user_id)
 
+    def sweep(self, now: float) -> None:
+        """Forget the ``last_seen`` older than ``presence.last_seen_ttl`` (from the oldest)."""
+        seen, cutoff = self._last_seen, now - self._last_seen_ttl
+        for user_id in [u for u, _ in itertools.takewhile(lambda e: e[1] <= cutoff, seen.items())]:
+            del seen[user_id]
 
-#: seconds between two sweeps that drop the expired messages of streams nobody reads
-_SWEEP_EVERY = 60.0
+
+#: slots of the numbering floors that forgotten streams leave behind (see _Streams)
+_FLOOR_SLOTS = 4096
 
 
 class _Stream:
@@ -208,8 +234,8 @@ class _Stream:
 
     __slots__ = ("seq", "ttl", "items")
 
-    def __init__(self) -> None:
-        self.seq = 0
+    def __init__(self, seq: int = 0) -> None:
+        self.seq = seq
         self.ttl = 0.0
         self.items: deque[tuple[int, float, dict[str, Any]]] = deque()
 
@@ -238,14 +264,19 @@ class _Stream:
 
 
 class _Streams:
-    """Streams by key (room or user) under one epoch. A stream is never forgotten (its ``seq``
-    must not start over), but its expired items are dropped when it is read and, for streams
-    nobody reads, by a sweep every ``_SWEEP_EVERY`` seconds, run by the next write."""
+    """Streams by key (room or user) under one epoch. Expired items are dropped when a stream
+    is read and by :meth:`sweep`, which also forgets every stream left with no item.
+
+    The numbering of a key must not go back within the epoch even when its stream was
+    forgotten: a forgotten stream's ``seq`` raises the floor of its key's slot (one of
+    ``_FLOOR_SLOTS``, by hash), and a stream starts at its slot's floor. That takes fixed
+    memory; a key sharing a slot with a forgotten stream numbered higher starts above where
+    it was, which a client catching up sees as ``recovered: false``, never as a silent gap."""
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
         self._streams: dict[str, _Stream] = {}
-        self._swept = time.time()
+        self._floors = [0] * _FLOOR_SLOTS
 
     def offset(self, seq: int) -> str:
         return f"{self.epoch}:{seq}"
@@ -255,25 +286,37 @@ class _Streams:
         parsed = _parse_offset(offset)
         return parsed[1] if parsed is not None and parsed[0] == self.epoch else None
 
-    def read(self, key: str) -> _Stream | None:
+    def _slot(self, key: str) -> int:
+        return hash(key) % _FLOOR_SLOTS
+
+    def read(self, key: str) -> _Stream:
+        """``key``'s stream without its expired items; an empty one (not kept) when it has none."""
         stream = self._streams.get(key)
-        if stream is not None:
-            stream.expire(time.time())
+        if stream is None:
+            return _Stream(self._floors[self._slot(key)])
+        stream.expire(time.time())
         return stream
 
     def add(self, key: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
-        now = time.time()
-        if now - self._swept >= _SWEEP_EVERY:
-            self._swept = now
-            for idle in self._streams.values():
-                idle.expire(now)
         stream = self._streams.get(key)
         if stream is None:
-            stream = self._streams[key] = _Stream()
+            stream = self._streams[key] = _Stream(self._floors[self._slot(key)])
         offset = self.offset(stream.seq + 1)
         message["offset"] = offset
-        stream.add(message, size=size, ttl=ttl, now=now)
+        stream.add(message, size=size, ttl=ttl, now=time.time())
         return offset
+
+    def sweep(self, now: float) -> None:
+        """Drop the expired items of every stream; forget the streams left empty."""
+        empty = []
+        for key, stream in self._streams.items():
+            stream.expire(now)
+            if not stream.items:
+                empty.append(key)
+        floors = self._floors
+        for key in empty:
+            slot = self._slot(key)
+            floors[slot] = max(floors[slot], self._streams.pop(key).seq)
 
 
 class MemoryHistory:
@@ -286,7 +329,7 @@ class MemoryHistory:
         return self._streams.add(room, message, size=size, ttl=ttl)
 
     async def since(self, room: str, offset: str | None, *, limit: int) -> HistoryPage:
-        stream = self._streams.read(room) or _Stream()
+        stream = self._streams.read(room)
         top = self._streams.offset(stream.seq)
         if offset is None:
             return HistoryPage(stream.after(stream.seq - limit), True, top)
@@ -296,13 +339,13 @@ class MemoryHistory:
         return HistoryPage(stream.after(seq)[:limit], stream.first() <= seq + 1, top)
 
     async def current(self, room: str) -> str:
-        stream = self._streams.read(room)
-        return self._streams.offset(stream.seq if stream else 0)
+        return self._streams.offset(self._streams.read(room).seq)
 
     async def drop(self, room: str) -> None:
-        stream = self._streams.read(room)
-        if stream is not None:
-            stream.items.clear()
+        self._streams.read(room).items.clear()
+
+    def sweep(self, now: float) -> None:
+        self._streams.sweep(now)
 
 
 class MemoryInbox:
@@ -316,69 +359,103 @@ class MemoryInbox:
 
     async def fetch(self, user_id: str, since: str | None = None, *,
                     limit: int = 100) -> list[dict[str, Any]]:
-        stream = self._streams.read(user_id)
-        if stream is None:
-            return []
-        return stream.after(self._streams.seq_of(since) or 0)[:limit]
+        return self._streams.read(user_id).after(self._streams.seq_of(since) or 0)[:limit]
 
     async def ack(self, user_id: str, offset: str) -> None:
         seq = self._streams.seq_of(offset)
-        stream = self._streams.read(user_id)
-        if seq is None or stream is None:
+        if seq is None:
             return
-        items = stream.items
+        items = self._streams.read(user_id).items
         while items and items[0][0] <= seq:  # only what is there: later messages stay
             items.popleft()
 
+    def sweep(self, now: float) -> None:
+        self._streams.sweep(now)
+
+
+class MemoryNotificationStore:
+    """Each user's unread notifications, oldest first, with the time each expires. A read one
+    is dropped at once: nothing reads it again."""
+
+    def __init__(self) -> None:
+        self._users: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
+
+    async def add(self, user_id: str, notification: dict[str, Any], *, size: int,
+                  ttl: float) -> None:
+        notes = self._users.setdefault(user_id, {})
+        notes[notification["id"]] = (time.time() + ttl, notification)
+        while len(notes) > size:
+            del notes[next(iter(notes))]
+
+    async def unread(self, user_id: str) -> list[dict[str, Any]]:
+        now = time.time()
+        return [note for expires, note in self._users.get(user_id, {}).values() if expires > now]
+
+    async def mark_read(self, user_id: str, ids: list[str]) -> int:
+        notes = self._users.get(user_id)
+        if notes is None:
+            return 0
+        now = time.time()
+        marked = 0
+        for nid in ids:
+            entry = notes.pop(nid, None)
+            if entry is not None and entry[0] > now:
+                marked += 1
+        if not notes:
+            del self._users[user_id]
+        return marked
+
+    def sweep(self, now: float) -> None:
+        """Drop the expired notifications (from each user's oldest; a user's ttl is the same
+        for all of theirs) and the users left with none."""
+        users = self._users
+        for user_id in list(users):
+            notes = users[user_id]
+            for nid in [n for n, _ in itertools.takewhile(lambda e: e[1][0] <= now, notes.items())]:
+                del notes[nid]
+            if not notes:
+                del users[user_id]
+
 
 class MemoryBackend:
-    def __init__(self, node_id: str) -> None:
+    """``config`` gives the sweep's interval and ``presence.last_seen_ttl``, read once."""
+
+    def __init__(self, node_id: str, config: Config | None = None) -> None:
+        config = config or Config()
         self.node_id = node_id
         epoch = secrets.token_hex(4)
         self.broker = MemoryBroker()
         self.rooms = MemoryRoomStore()
-        self.presence = MemoryPresenceStore()
+        self.presence = MemoryPresenceStore(config.presence.last_seen_ttl)
         self.history = MemoryHistory(epoch)
         self.inbox = MemoryInbox(epoch)
         self.notifications = MemoryNotificationStore()
+        self._sweep_interval = config.backend.sweep_interval
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self, deliver: Deliver) -> None:
         await self.broker.start(deliver)
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_every())
 
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+            self._sweeper = None
         await self.broker.close()
 
     async def ping(self) -> bool:
         return True
 
+    def sweep(self, now: float) -> None:
+        """Release what expired by ``now`` (Unix seconds) in every store."""
+        for store in (self.history, self.inbox, self.presence, self.notifications):
+            store.sweep(now)
 
-class _Note:
-    __slots__ = ("notification", "read")
-
-    def __init__(self, notification: dict[str, Any]) -> None:
-        self.notification = notification
-        self.read = False
-
-
-class MemoryNotificationStore:
-    def __init__(self) -> None:
-        self._users: dict[str, dict[str, _Note]] = {}  # user -> id -> note, oldest first
-
-    async def add(self, user_id: str, notification: dict[str, Any], *, size: int) -> None:
-        notes = self._users.setdefault(user_id, {})
-        notes[notification["id"]] = _Note(notification)
-        while len(notes) > size:
-            del notes[next(iter(notes))]
-
-    async def unread(self, user_id: str) -> list[dict[str, Any]]:
-        return [n.notification for n in self._users.get(user_id, {}).values() if not n.read]
-
-    async def mark_read(self, user_id: str, ids: list[str]) -> int:
-        notes = self._users.get(user_id, {})
-        marked = 0
-        for nid in ids:
-            note = notes.get(nid)
-            if note is not None and not note.read:
-                note.read = True
-                marked += 1
-        return marked
+    async def _sweep_every(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval)
+            try:
+                self.sweep(time.time())
+            except Exception:  # a bug here must not stop the next sweeps
+                log.exception("memory_sweep_failed")

@@ -94,8 +94,8 @@ class PollPlugin(Plugin):
     emits = {"poll.results": PollResults}
     config: PollConfig
 
-    def __init__(self, config: PollConfig, services: Any) -> None:
-        super().__init__(config, services)
+    def __init__(self, config: PollConfig, node: Any) -> None:
+        super().__init__(config, node)
         self.polls: dict[str, Poll] = {}
 
     @handles("poll.create", schema=CreatePoll)

@@ -22,18 +22,18 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .auth import mint_token
-from .backends.base import RoomInfo
-from .config import Config, FieldError
-from .connection import Connection
-from .errors import AuthError, ConfigError, MessageRejected
-from .keys import PIPELINE, REGISTRY, SERVICES
+from ..auth import mint_token
+from ..backends.base import RoomInfo
+from ..config import Config, FieldError
+from ..connection import Connection
+from ..errors import AuthError, ConfigError, MessageRejected
+from ..keys import PIPELINE, REGISTRY, NODE
 from .openapi import ApiError, Caller, HttpCode, Routes, document, invalid_request, rejected
-from .plugin_api import User
-from .protocol import CloseCode, Envelope, ErrorCode, new_id
-from .reload import RELOADER
-from .services import MAX_NAME_LENGTH, Services, check_name
-from .ws import dispatch, handle_frame
+from ..identity import User
+from ..protocol import CloseCode, Envelope, ErrorCode, new_id
+from ..reload import RELOADER
+from ..node import MAX_NAME_LENGTH, Node, check_name
+from ..ws import dispatch, handle_frame
 
 log = structlog.get_logger(__name__)
 routes = Routes()
@@ -71,8 +71,8 @@ class SinceQuery(Page):
                               description="offset of the last item already seen")
 
 
-def _limit(services: Services, limit: int | None) -> int:
-    api = services.config.api
+def _limit(node: Node, limit: int | None) -> int:
+    api = node.config.api
     return min(limit or api.page_size, api.max_page_size)
 
 
@@ -93,25 +93,25 @@ class Ready(Health):
 @routes.get("/healthz", summary="Liveness: 200 while the process serves requests",
             response=Health, tags=("health",))
 async def healthz(request: web.Request) -> Health:
-    return Health(status="ok", node=request.app[SERVICES].node_id)
+    return Health(status="ok", node=request.app[NODE].node_id)
 
 
 @routes.get("/readyz", summary="Readiness: the backend answers and the server is not draining",
             response=Ready, errors=(503,), tags=("health",))
 async def readyz(request: web.Request) -> Ready:
-    services = request.app[SERVICES]
-    if services.hub.draining:
+    node = request.app[NODE]
+    if node.hub.draining:
         raise ApiError(503, HttpCode.NOT_READY, "the server is shutting down")
     try:
         async with asyncio.timeout(_READY_TIMEOUT):
-            reachable = await services.backend.ping()
+            reachable = await node.backend.ping()
     except Exception as exc:  # whatever the backend's client raises
         log.warning("backend_unreachable", error=str(exc) or type(exc).__name__)
         reachable = False
     if not reachable:
-        services.metrics.backend_error("ping")
+        node.metrics.backend_error("ping")
         raise ApiError(503, HttpCode.NOT_READY, "the backend does not answer")
-    return Ready(status="ready", node=services.node_id, backend=services.config.backend.type)
+    return Ready(status="ready", node=node.node_id, backend=node.config.backend.type)
 
 
 # --- documents ------------------------------------------------------------------------------
@@ -145,10 +145,10 @@ def _metrics_access(config: Config) -> Any:
 @routes.get("/metrics", summary="Prometheus metrics (docs/operations.md)", access=_metrics_access,
             content_type="text/plain", errors=(404,), tags=("metrics",))
 async def metrics(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    if not services.config.metrics.enabled:
+    node = request.app[NODE]
+    if not node.config.metrics.enabled:
         raise ApiError(404, ErrorCode.NOT_FOUND, "metrics are off (metrics.enabled: false)")
-    return web.Response(body=services.metrics.exposition(),
+    return web.Response(body=node.metrics.exposition(),
                         headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -183,9 +183,9 @@ class UserStatus(BaseModel):
 @routes.get("/api/online", summary="Online users, cluster-wide, in the order they came online",
             access="user", query=Page, response=OnlineList, tags=("presence",))
 async def online(request: web.Request, query: Page) -> OnlineList:
-    services = request.app[SERVICES]
-    presence = services.backend.presence
-    ids = await presence.online_users(limit=_limit(services, query.limit), offset=query.offset)
+    node = request.app[NODE]
+    presence = node.backend.presence
+    ids = await presence.online_users(limit=_limit(node, query.limit), offset=query.offset)
     users = [OnlineUser(user_id=p.user_id, username=p.username, status=p.status,
                         connections=p.connections, connected_at=p.connected_at,
                         last_seen=p.last_seen) for p in await presence.snapshot(ids)]
@@ -195,13 +195,13 @@ async def online(request: web.Request, query: Page) -> OnlineList:
 @routes.get("/api/online/count", summary="How many users are online, cluster-wide",
             access="user", response=OnlineCount, tags=("presence",))
 async def online_count(request: web.Request) -> OnlineCount:
-    return OnlineCount(online_count=await request.app[SERVICES].backend.presence.online_count())
+    return OnlineCount(online_count=await request.app[NODE].backend.presence.online_count())
 
 
 @routes.get("/api/users/{user_id}/status", summary="One user's presence (offline when unknown)",
             access="user", response=UserStatus, tags=("presence",))
 async def user_status(request: web.Request) -> UserStatus:
-    presence = request.app[SERVICES].backend.presence
+    presence = request.app[NODE].backend.presence
     (view,) = await presence.snapshot([request.match_info["user_id"]])
     return UserStatus.model_validate(view.public())
 
@@ -222,14 +222,14 @@ class Stats(BaseModel):
 @routes.get("/api/stats", summary="Counters of this node and the rooms", access="admin",
             response=Stats, tags=("operators",))
 async def stats(request: web.Request) -> Stats:
-    services = request.app[SERVICES]
-    hub, counts = services.hub, services.stats
-    rooms = await services.backend.rooms.list()
+    node = request.app[NODE]
+    hub, counts = node.hub, node.stats
+    rooms = await node.backend.rooms.list()
     return Stats(total_connections=len(hub.connections), unique_users=len(hub.by_user),
-                 online_count=await services.backend.presence.online_count(),
+                 online_count=await node.backend.presence.online_count(),
                  uptime_seconds=round(time.time() - counts.started, 3), total_rooms=len(rooms),
                  messages_in=counts.messages_in, messages_out=counts.messages_out,
-                 rooms={r.id: r.members for r in rooms}, node=services.node_id)
+                 rooms={r.id: r.members for r in rooms}, node=node.node_id)
 
 
 # --- rooms ----------------------------------------------------------------------------------
@@ -287,16 +287,16 @@ class Membership(BaseModel):
     members_count: int
 
 
-async def _room(services: Services, info: RoomInfo) -> Room:
-    opts = services.config.rooms.options(info.id)
-    held = await services.backend.history.since(info.id, None, limit=max(opts.history_size, 1))
+async def _room(node: Node, info: RoomInfo) -> Room:
+    opts = node.config.rooms.options(info.id)
+    held = await node.backend.history.since(info.id, None, limit=max(opts.history_size, 1))
     return Room(id=info.id, name=info.name, description=info.description, members=info.members,
                 messages=len(held.messages), created_at=info.created_at,
                 max_members=info.max_members or opts.max_members)
 
 
-async def _existing(services: Services, room: str) -> RoomInfo:
-    info = await services.backend.rooms.get(room)
+async def _existing(node: Node, room: str) -> RoomInfo:
+    info = await node.backend.rooms.get(room)
     if info is None:
         raise _not_found(f"room {room!r}")
     return info
@@ -305,24 +305,24 @@ async def _existing(services: Services, room: str) -> RoomInfo:
 @routes.get("/api/rooms", summary="Rooms, by id", access="user", query=Page, response=RoomList,
             tags=("rooms",))
 async def rooms_list(request: web.Request, query: Page) -> RoomList:
-    services = request.app[SERVICES]
-    rooms = sorted(await services.backend.rooms.list(), key=lambda r: r.id)
-    page = rooms[query.offset:query.offset + _limit(services, query.limit)]
-    return RoomList(total=len(rooms), rooms=[await _room(services, info) for info in page])
+    node = request.app[NODE]
+    rooms = sorted(await node.backend.rooms.list(), key=lambda r: r.id)
+    page = rooms[query.offset:query.offset + _limit(node, query.limit)]
+    return RoomList(total=len(rooms), rooms=[await _room(node, info) for info in page])
 
 
 @routes.get("/api/rooms/{id}", summary="One room", access="user", response=Room, errors=(404,),
             tags=("rooms",))
 async def room_get(request: web.Request) -> Room:
-    services = request.app[SERVICES]
-    return await _room(services, await _existing(services, request.match_info["id"]))
+    node = request.app[NODE]
+    return await _room(node, await _existing(node, request.match_info["id"]))
 
 
 @routes.post("/api/rooms", summary="Create a room (it lasts until deleted)", access="admin",
              body=RoomCreate, response=Room, status=201, errors=(409,), tags=("rooms",))
 async def room_create(request: web.Request, caller: Caller, body: RoomCreate) -> Room:
-    services = request.app[SERVICES]
-    rooms, cap = services.backend.rooms, services.config.rooms.max_rooms
+    node = request.app[NODE]
+    rooms, cap = node.backend.rooms, node.config.rooms.max_rooms
     if await rooms.get(body.id) is not None:
         raise ApiError(409, HttpCode.ROOM_EXISTS, f"room {body.id!r} exists already")
     if await rooms.count() >= cap:
@@ -333,16 +333,16 @@ async def room_create(request: web.Request, caller: Caller, body: RoomCreate) ->
     if not created:
         raise ApiError(409, HttpCode.ROOM_EXISTS, f"room {body.id!r} exists already")
     log.info("api_room_created", room=body.id, by=caller.name)
-    return await _room(services, info)
+    return await _room(node, info)
 
 
 @routes.delete("/api/rooms/{id}", summary="Delete a room and its history; members get left",
                access="admin", response=RoomDeleted, errors=(404,), tags=("rooms",))
 async def room_delete(request: web.Request, caller: Caller) -> RoomDeleted:
-    services = request.app[SERVICES]
+    node = request.app[NODE]
     room = request.match_info["id"]
-    connections = len(services.hub.by_room.get(room, ()))
-    if not await services.delete_room(room):
+    connections = len(node.hub.by_room.get(room, ()))
+    if not await node.delete_room(room):
         raise _not_found(f"room {room!r}")
     log.info("api_room_deleted", room=room, by=caller.name)
     return RoomDeleted(id=room, connections=connections)
@@ -351,11 +351,11 @@ async def room_delete(request: web.Request, caller: Caller) -> RoomDeleted:
 @routes.get("/api/rooms/{id}/members", summary="A room's members, by user id", access="user",
             query=Page, response=Members, errors=(404,), tags=("rooms",))
 async def room_members(request: web.Request, query: Page) -> Members:
-    services = request.app[SERVICES]
-    room = (await _existing(services, request.match_info["id"])).id
-    ids: list[str] = sorted(await services.backend.rooms.members(room))
-    page = ids[query.offset:query.offset + _limit(services, query.limit)]
-    views = await services.backend.presence.snapshot(page)
+    node = request.app[NODE]
+    room = (await _existing(node, request.match_info["id"])).id
+    ids: list[str] = sorted(await node.backend.rooms.members(room))
+    page = ids[query.offset:query.offset + _limit(node, query.limit)]
+    views = await node.backend.presence.snapshot(page)
     return Members(room=room, total=len(ids), members=[
         Member(user_id=v.user_id, username=v.username, online=v.online) for v in views])
 
@@ -364,13 +364,13 @@ async def room_members(request: web.Request, query: Page) -> Members:
             "admins)", access="user", query=SinceQuery, response=RoomHistory, errors=(403, 404),
             tags=("rooms",))
 async def room_history(request: web.Request, caller: Caller, query: SinceQuery) -> RoomHistory:
-    services = request.app[SERVICES]
-    room = (await _existing(services, request.match_info["id"])).id
-    if not caller.admin and room not in await services.backend.rooms.user_rooms(
+    node = request.app[NODE]
+    room = (await _existing(node, request.match_info["id"])).id
+    if not caller.admin and room not in await node.backend.rooms.user_rooms(
             caller.need_user().id):
         raise ApiError(403, ErrorCode.NOT_IN_ROOM, f"only members of {room!r} may read its history")
-    page = await services.backend.history.since(room, query.since,
-                                                limit=_limit(services, query.limit))
+    page = await node.backend.history.since(room, query.since,
+                                                limit=_limit(node, query.limit))
     return RoomHistory(room=room, messages=page.messages, recovered=page.recovered,
                        offset=page.offset)
 
@@ -378,21 +378,21 @@ async def room_history(request: web.Request, caller: Caller, query: SinceQuery) 
 async def _membership(request: web.Request, user: User, type_: str) -> Membership:
     """Run the handler of ``join`` or ``leave`` on each of ``user``'s open connections on this
     node, as if each had sent the frame (each gets the handler's reply)."""
-    services, registry = request.app[SERVICES], request.app[REGISTRY]
+    node, registry = request.app[NODE], request.app[REGISTRY]
     room = request.match_info["id"]
     handler = registry.handlers.get(type_)
     if handler is None:
         raise ApiError(400, ErrorCode.UNKNOWN_MESSAGE_TYPE, f"no plugin handles {type_!r}")
-    conns = [c for c in services.hub.user_connections(user.id)
+    conns = [c for c in node.hub.user_connections(user.id)
              if not c.closing and (type_ == "join" or room in c.rooms)]
-    if not conns and await services.backend.rooms.get(room) is None:
+    if not conns and await node.backend.rooms.get(room) is None:
         raise _not_found(f"room {room!r}")
     for conn in conns:
         env = Envelope(type_, room=room)
         env.payload = handler.validate({})
-        await dispatch(services, registry, conn, env)
+        await dispatch(node, registry, conn, env)
     return Membership(room=room, connections=len(conns),
-                      members_count=await services.backend.rooms.member_count(room))
+                      members_count=await node.backend.rooms.member_count(room))
 
 
 @routes.post("/api/rooms/{id}/join", summary="Join a room with every open connection of the "
@@ -486,15 +486,15 @@ class MessageSent(BaseModel):
              "goes (permissions, rate limit, length, filter)", access="bearer", body=MessagePost,
              response=MessageSent, errors=(403, 404, 409, 422, 429), tags=("messages",))
 async def message_post(request: web.Request, caller: Caller, body: MessagePost) -> MessageSent:
-    services = request.app[SERVICES]
+    node = request.app[NODE]
     user = caller.need_user()
-    state = request.app[HTTP_SESSIONS].state(user.id, services.config)
-    conn = HttpConnection(user, request, state, await services.backend.rooms.user_rooms(user.id))
-    services.stats.messages_in += 1
+    state = request.app[HTTP_SESSIONS].state(user.id, node.config)
+    conn = HttpConnection(user, request, state, await node.backend.rooms.user_rooms(user.id))
+    node.stats.messages_in += 1
     frame_id = new_id()
     frame = {"type": "message", "id": frame_id, "room": body.room, "to": body.to,
              "data": {**body.data, "content": body.content}}
-    await handle_frame(services, request.app[REGISTRY], request.app[PIPELINE], conn,
+    await handle_frame(node, request.app[REGISTRY], request.app[PIPELINE], conn,
                        orjson.dumps(frame).decode())
     reply = conn.reply(frame_id)
     if reply is None:
@@ -516,9 +516,9 @@ class Inbox(BaseModel):
 @routes.get("/api/messages/inbox", summary="The bearer's unread private messages, oldest first",
             access="bearer", query=SinceQuery, response=Inbox, tags=("messages",))
 async def inbox(request: web.Request, caller: Caller, query: SinceQuery) -> Inbox:
-    services = request.app[SERVICES]
-    messages = await services.backend.inbox.fetch(caller.need_user().id, query.since,
-                                                  limit=_limit(services, query.limit))
+    node = request.app[NODE]
+    messages = await node.backend.inbox.fetch(caller.need_user().id, query.since,
+                                                  limit=_limit(node, query.limit))
     return Inbox(messages=messages)
 
 
@@ -563,19 +563,19 @@ def _notifier(request: web.Request, type_: str) -> Any:
 @routes.post("/api/send", summary="Push a frame of any type to users (a notification is also "
              "stored unread)", access="admin", body=SendBody, response=Sent, tags=("operators",))
 async def send(request: web.Request, caller: Caller, body: SendBody) -> Sent:
-    services = request.app[SERVICES]
+    node = request.app[NODE]
     users = list(dict.fromkeys(([body.to_user_id] if body.to_user_id else []) + body.user_ids))
     notify = _notifier(request, body.type)
-    before = services.stats.messages_out
+    before = node.stats.messages_out
     for user_id in users:
         if notify is None:
-            await services.send_to_user(user_id, body.type, body.data)
+            await node.send_to_user(user_id, body.type, body.data)
             continue
         try:
             await notify(user_id, body.data)
         except ValidationError as exc:
             raise invalid_request(exc, ("data",)) from None
-    delivered = services.stats.messages_out - before
+    delivered = node.stats.messages_out - before
     log.info("api_send", type=body.type, users=len(users), delivered=delivered, by=caller.name)
     return Sent(users=len(users), delivered=delivered)
 
@@ -584,16 +584,16 @@ async def send(request: web.Request, caller: Caller, body: SendBody) -> Sent:
              access="admin", body=BroadcastBody, response=Broadcast, errors=(404,),
              tags=("operators",))
 async def broadcast(request: web.Request, caller: Caller, body: BroadcastBody) -> Broadcast:
-    services = request.app[SERVICES]
-    before = services.stats.messages_out
+    node = request.app[NODE]
+    before = node.stats.messages_out
     if body.type == "system_message":  # kept in the room's history, like a message
-        await services.system_message(body.data, room=body.room)
+        await node.system_message(body.data, room=body.room)
     elif body.room is not None:
-        await _existing(services, body.room)
-        await services.send_to_room(body.room, body.type, body.data)
+        await _existing(node, body.room)
+        await node.send_to_room(body.room, body.type, body.data)
     else:
-        await services.broadcast(body.type, body.data)
-    delivered = services.stats.messages_out - before
+        await node.broadcast(body.type, body.data)
+    delivered = node.stats.messages_out - before
     log.info("api_broadcast", type=body.type, room=body.room, delivered=delivered, by=caller.name)
     return Broadcast(delivered=delivered)
 
@@ -639,7 +639,7 @@ class Revoked(BaseModel):
 @routes.post("/api/disconnect", summary="Close every connection of a user on this node",
              access="admin", body=DisconnectBody, response=Closed, tags=("operators",))
 async def disconnect(request: web.Request, caller: Caller, body: DisconnectBody) -> Closed:
-    conns = [c for c in request.app[SERVICES].hub.user_connections(body.user_id) if not c.closing]
+    conns = [c for c in request.app[NODE].hub.user_connections(body.user_id) if not c.closing]
     for conn in conns:
         conn.close(body.code, body.reason or "disconnected by an operator")
     log.info("api_disconnect", user_id=body.user_id, code=body.code, closed=len(conns),
@@ -651,7 +651,7 @@ async def disconnect(request: web.Request, caller: Caller, body: DisconnectBody)
              "a write stuck past server.write_timeout) now", access="admin", response=Closed,
              tags=("operators",))
 async def cleanup(request: web.Request, caller: Caller) -> Closed:
-    closed = request.app[SERVICES].hub.reap(time.monotonic())
+    closed = request.app[NODE].hub.reap(time.monotonic())
     log.info("api_cleanup", closed=closed, by=caller.name)
     return Closed(closed=closed)
 
@@ -660,9 +660,9 @@ async def cleanup(request: web.Request, caller: Caller) -> Closed:
              "connections made with it", access="admin", body=RevokeBody, response=Revoked,
              tags=("operators",))
 async def revoke(request: web.Request, caller: Caller, body: RevokeBody) -> Revoked:
-    services = request.app[SERVICES]
-    services.auth.revocations.revoke(body.jti, body.exp)
-    conns = [c for c in services.hub.connections.values()
+    node = request.app[NODE]
+    node.auth.revocations.revoke(body.jti, body.exp)
+    conns = [c for c in node.hub.connections.values()
              if not c.closing and c.user.claims.get("jti") == body.jti]
     for conn in conns:
         conn.close(CloseCode.KICKED, "token revoked")
@@ -718,7 +718,7 @@ DEV_TOKEN_TTL = 3600
              "with auth.dev_login: true; 404 otherwise)", body=DevTokenBody, response=DevToken,
              errors=(404, 409), tags=("development",))
 async def dev_token(request: web.Request, body: DevTokenBody) -> DevToken:
-    auth = request.app[SERVICES].config.auth
+    auth = request.app[NODE].config.auth
     if not auth.dev_login:
         raise _not_found("this route (auth.dev_login is off)")
     expires_at = int(time.time()) + DEV_TOKEN_TTL  # the token's exp is this or a second later

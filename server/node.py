@@ -13,7 +13,7 @@ import structlog
 from .auth import Authenticator
 from .backends import create_backend
 from .backends.base import Backend, Route, TargetKind
-from .config import Config
+from .config import Config, RoomOptions, RoomsConfig
 from .connection import Connection
 from .errors import MessageRejected
 from .hub import Hub
@@ -27,6 +27,8 @@ log = structlog.get_logger(__name__)
 
 #: longest room name or user id accepted as a target
 MAX_NAME_LENGTH = 255
+#: most rooms whose options are remembered (``Node.room_options``) before starting over
+ROOM_OPTIONS_KEPT = 4096
 
 
 def check_name(field: str, value: str) -> None:
@@ -47,7 +49,7 @@ class Stats:
         self.started = time.time()
 
 
-class Services:
+class Node:
     def __init__(self, config: Config, *, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
@@ -58,6 +60,8 @@ class Services:
         self.stats = Stats()
         self.metrics = Metrics()
         self.registry: "Registry | None" = None
+        self._room_options: dict[str, RoomOptions] = {}
+        self._room_options_of: RoomsConfig | None = None  # the config they were worked out from
 
     async def start(self) -> None:
         await self.backend.start(self._deliver)
@@ -74,6 +78,20 @@ class Services:
         sent = self.hub.deliver(kind, key, payload, route)
         self.stats.messages_out += sent
         self.metrics.delivered(payload, sent, time.perf_counter() - started)
+
+    def room_options(self, room: str) -> RoomOptions:
+        """``config.rooms.options(room)``, worked out once per room for as long as the config
+        stays (a reload replaces it): every room message needs them."""
+        rooms, cache = self.config.rooms, self._room_options
+        if rooms is not self._room_options_of:
+            cache.clear()
+            self._room_options_of = rooms
+        opts = cache.get(room)
+        if opts is None:
+            if len(cache) >= ROOM_OPTIONS_KEPT:
+                cache.clear()
+            opts = cache[room] = rooms.options(room)
+        return opts
 
     # --- sending --------------------------------------------------------------------------
     # ``exclude`` is a connection id, ``exclude_user`` a user id whose connections are skipped;
@@ -127,7 +145,7 @@ class Services:
         if room in conn.rooms:
             return await self.backend.rooms.member_count(room)
         check_name("room", room)
-        opts = cfg.options(room)
+        opts = self.room_options(room)
         if opts.allowed_roles and not conn.user.has_any_role(opts.allowed_roles):
             raise MessageRejected(ErrorCode.FORBIDDEN, f"your roles may not join {room!r}")
         rooms = self.backend.rooms
@@ -162,7 +180,7 @@ class Services:
             raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"you are not in room {room!r}")
         self.hub.unsubscribe(room, conn)
         count, gone = await self.backend.rooms.remove_member(room, conn.user.id, conn.id)
-        if gone and self.config.rooms.options(room).join_leave_events:
+        if gone and self.room_options(room).join_leave_events:
             await self.send_to_room(room, "user_left", {"room": room, "user": conn.user.public(),
                                                         "members_count": count}, exclude=conn.id)
         return count
@@ -191,7 +209,7 @@ class Services:
                            exclude: str | None = None) -> dict[str, Any]:
         """Keep a frame in ``room``'s history (which gives it its ``offset``) and publish it to
         the room's members. Returns the frame."""
-        opts = self.config.rooms.options(room)
+        opts = self.room_options(room)
         message = frame(type_, data, room=room, sender=sender)
         await self.backend.history.append(room, message, size=opts.history_size, ttl=opts.history_ttl)
         no_echo = sender is not None and not self.config.messages.echo_to_sender

@@ -1,26 +1,16 @@
-"""HTTP helpers shared by the upgrade guards and the HTTP API: JSON error bodies, client
-addresses behind trusted proxies, CIDR matching, and ``Origin`` parsing."""
+"""Addresses and origins as the guards and the config see them: CIDR networks, client
+addresses as peers and proxies write them, and ``Origin`` patterns. A leaf module."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Iterable
 
-from aiohttp import web
 from yarl import URL
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-#: the client address when the forwarding chain names something that is not an address
-UNKNOWN_IP = "unknown"
-
-
-def json_error(status: int, code: str, message: str, *, headers: Mapping[str, str] | None = None,
-               **extra: object) -> web.Response:
-    body: dict[str, object] = {"code": code, "message": message, **extra}
-    return web.json_response({"error": body}, status=status, headers=headers)
 
 
 def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
@@ -45,40 +35,13 @@ def parse_ip(text: str | None) -> Address | None:
     return addr
 
 
-def _within(addr: Address, nets: tuple[Network, ...]) -> bool:
+def within(addr: Address, nets: tuple[Network, ...]) -> bool:
     return any(addr.version == net.version and addr in net for net in nets)
 
 
 def ip_in(ip: str, nets: tuple[Network, ...]) -> bool:
     addr = parse_ip(ip)
-    return addr is not None and _within(addr, nets)
-
-
-def client_ip(request: web.BaseRequest, trusted: tuple[Network, ...]) -> str:
-    """The client's address, normalised (``::ffff:1.2.3.4`` is ``1.2.3.4``).
-
-    The peer, unless the peer is in ``trusted``: then ``X-Forwarded-For`` (every header line,
-    in order) is read from the right, each trusted proxy skipped, and the first hop that is not
-    a trusted proxy is the client, since hops to its left were written by the client and
-    cannot be believed. When every hop is trusted the left-most one is the client. A hop that
-    is not an address gives ``unknown``: it matches no CIDR, so a whitelist refuses it, all
-    such clients share one per-IP count, and it is never mistaken for the proxy's address.
-    """
-    peer = parse_ip(request.remote)
-    if peer is None:
-        return request.remote or ""
-    if not _within(peer, trusted):
-        return str(peer)
-    hops = [h.strip() for line in request.headers.getall("X-Forwarded-For", [])
-            for h in line.split(",") if h.strip()]
-    for hop in reversed(hops):
-        addr = parse_ip(hop)
-        if addr is None:
-            return UNKNOWN_IP
-        if not _within(addr, trusted):
-            return str(addr)
-    first = parse_ip(hops[0]) if hops else None
-    return str(first or peer)
+    return addr is not None and within(addr, nets)
 
 
 @dataclass(frozen=True, slots=True)

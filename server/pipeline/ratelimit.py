@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from typing import TYPE_CHECKING
 
 from ..config import RateLimitConfig, TypeRate
+from ..buckets import BucketMap, EventWindow, TokenBucket
 from ..errors import CloseConnection, MessageRejected
 from ..protocol import CloseCode, Envelope, ErrorCode
 
@@ -28,81 +28,6 @@ if TYPE_CHECKING:
 
 # conn.state is keyed by plugin name, and a plugin name has no dot: "core." keys never collide
 _STATE_KEY = "core.rate_limit"
-_EPSILON = 1e-9  # float noise: a client that waits exactly retry_after finds its token
-
-
-class TokenBucket:
-    __slots__ = ("rate", "capacity", "tokens", "stamp")
-
-    def __init__(self, per_minute: int, burst: int) -> None:
-        self.rate = per_minute / 60.0
-        self.capacity = float(burst)
-        self.tokens = float(burst)
-        self.stamp = time.monotonic()
-
-    def wait(self, now: float) -> float:
-        """Seconds until a token is available; 0 when one is. A ``now`` taken before the bucket
-        was made counts as its creation time."""
-        if now > self.stamp:
-            self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
-            self.stamp = now
-        return 0.0 if self.tokens >= 1.0 - _EPSILON else (1.0 - self.tokens) / self.rate
-
-    def take(self, now: float) -> float:
-        """Take one token; returns 0 when allowed, else seconds until one is available."""
-        wait = self.wait(now)
-        if not wait:
-            self.tokens = max(0.0, self.tokens - 1.0)
-        return wait
-
-    def full(self, now: float) -> bool:
-        """True when the bucket has refilled: it is then the same as a new one."""
-        return self.tokens + (now - self.stamp) * self.rate >= self.capacity
-
-
-class BucketMap:
-    """Buckets by key (user id, address) that stays bounded: when it has doubled since it was
-    last pruned, the buckets that refilled are dropped. That loses nothing, since a full bucket
-    is what a new one would be; what stays is the keys active within one refill time."""
-
-    _MIN_PRUNE = 1024
-
-    def __init__(self, per_minute: int, burst: int) -> None:
-        self.per_minute = per_minute
-        self.burst = burst
-        self.buckets: dict[str, TokenBucket] = {}
-        self._prune_at = self._MIN_PRUNE
-
-    def get(self, key: str, now: float) -> TokenBucket:
-        bucket = self.buckets.get(key)
-        if bucket is None:
-            if len(self.buckets) >= self._prune_at:
-                self.buckets = {k: b for k, b in self.buckets.items() if not b.full(now)}
-                self._prune_at = max(self._MIN_PRUNE, 2 * len(self.buckets))
-            bucket = self.buckets[key] = TokenBucket(self.per_minute, self.burst)
-        return bucket
-
-
-class EventWindow:
-    """The times of the last ``limit`` events, to tell when ``limit`` of them fell within
-    ``window`` seconds. Memory is bounded by ``limit``."""
-
-    __slots__ = ("times", "window")
-
-    def __init__(self, limit: int, window: float) -> None:
-        self.times: deque[float] = deque(maxlen=limit)
-        self.window = window
-
-    def hit(self, now: float) -> bool:
-        """Record one event; True when ``limit`` events happened within the last ``window``."""
-        times = self.times
-        times.append(now)
-        while now - times[0] > self.window:
-            times.popleft()
-        return len(times) == times.maxlen
-
-    def __len__(self) -> int:
-        return len(self.times)
 
 
 class _ConnLimits:
@@ -145,13 +70,15 @@ class RateLimitStage:
         if override is None and env.type in self.own_limits:
             return env
         if override is not None:
-            buckets: tuple[TokenBucket, ...] = (limits.typed_bucket(env.type, override),)
+            typed = limits.typed_bucket(env.type, override)
+            wait = typed.take(now)
         else:
-            buckets = (limits.general, self.users.get(conn.user.id, now))
-        wait = max(b.wait(now) for b in buckets)
+            general, user = limits.general, self.users.get(conn.user.id, now)
+            wait = max(general.wait(now), user.wait(now))
+            if not wait:
+                general.spend()
+                user.spend()
         if not wait:
-            for bucket in buckets:
-                bucket.take(now)
             return env
         retry_after = math.ceil(wait * 1000) / 1000  # never tell a client to come back too early
         close = limits.violations.hit(now)

@@ -18,16 +18,16 @@ import inspect
 import time
 from typing import TYPE_CHECKING
 
-from .config import Config, MessagesConfig
-from .errors import CloseConnection, MessageRejected
-from .middleware.filter import FilterStage
-from .middleware.limits import ContentLengthStage
-from .middleware.ratelimit import EventWindow, RateLimitStage
-from .plugin_api import Stage
-from .protocol import Envelope, ErrorCode
+from ..config import Config, MessagesConfig
+from ..errors import CloseConnection, MessageRejected
+from .filter import FilterStage
+from .limits import ContentLengthStage
+from .ratelimit import EventWindow, RateLimitStage
+from ..plugin_api import Stage
+from ..protocol import Envelope, ErrorCode
 
 if TYPE_CHECKING:
-    from .connection import Connection
+    from ..connection import Connection
 
 _INVALID_KEY = "core.invalid_frames"  # in conn.state, beside "core.rate_limit"
 
@@ -43,6 +43,8 @@ class Pipeline:
         for stage in self.stages:
             try:
                 result = stage.process(conn, env)
+                if result is env:  # the usual answer, and no awaitable
+                    continue
                 if inspect.isawaitable(result):
                     result = await result
             except (MessageRejected, CloseConnection):

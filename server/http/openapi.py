@@ -7,7 +7,7 @@ at fault, 413 over ``api.max_body_size``). The handler returns a pydantic model 
 body, documented by its class) or any ``web.StreamResponse``; it may raise :class:`ApiError` or
 ``MessageRejected`` (mapped to a status by :data:`STATUS_OF`)::
 
-    from server.openapi import Caller, Routes
+    from server.http.openapi import Caller, Routes
 
     routes = Routes()
 
@@ -39,15 +39,15 @@ from aiohttp import hdrs, web
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.json_schema import models_json_schema
 
-from . import __version__
-from .auth import user_from_claims
-from .config import Config, validation_messages
-from .errors import AuthError, MessageRejected
-from .httputil import json_error
-from .keys import SERVICES
-from .middleware.upgrade import bearer_token
-from .plugin_api import User
-from .protocol import ErrorCode
+from .. import __version__
+from ..auth import user_from_claims
+from ..config import Config, validation_messages
+from ..errors import AuthError, MessageRejected
+from .util import json_error
+from ..keys import NODE
+from .guards import bearer_token
+from ..identity import User
+from ..protocol import ErrorCode
 
 log = structlog.get_logger(__name__)
 
@@ -167,8 +167,8 @@ async def authorize(request: web.Request, access: Access) -> Caller:
     """The caller of ``request`` if ``access`` lets them call; ApiError 401 or 403 otherwise."""
     if access == "anyone":
         return Caller(None, False)
-    services = request.app[SERVICES]
-    cfg = services.config.api
+    node = request.app[NODE]
+    cfg = node.config.api
     admin = False
     key = request.headers.get("X-API-Key")
     if key is not None:
@@ -181,7 +181,7 @@ async def authorize(request: web.Request, access: Access) -> Caller:
         raise _unauthorized("the Authorization header must be Bearer <token>")
     if token is not None:
         try:
-            user = user_from_claims(await services.auth.verify(token))
+            user = user_from_claims(await node.auth.verify(token))
         except AuthError as exc:
             raise _unauthorized(str(exc)) from None
         admin = admin or user.has_any_role(cfg.admin_roles)
@@ -213,7 +213,7 @@ def _validate(model: type[BaseModel], data: Any, *, strict: bool) -> BaseModel:
 
 
 async def _json_body(request: web.Request) -> Any:
-    limit = request.app[SERVICES].config.api.max_body_size
+    limit = request.app[NODE].config.api.max_body_size
     too_large = ApiError(413, HttpCode.PAYLOAD_TOO_LARGE, f"the body is over {limit} bytes")
     if request.content_length is not None and request.content_length > limit:
         raise too_large
@@ -265,7 +265,7 @@ def _endpoint(op: Operation, handler: Handler) -> Endpoint:
     async def endpoint(request: web.Request) -> web.StreamResponse:
         kwargs: dict[str, Any] = {}
         try:
-            caller = await authorize(request, op.access_for(request.app[SERVICES].config))
+            caller = await authorize(request, op.access_for(request.app[NODE].config))
             if "caller" in wants:
                 kwargs["caller"] = caller
             if op.query is not None:
@@ -362,7 +362,7 @@ async def error_middleware(request: web.Request, handler: Endpoint) -> web.Strea
         log.exception("http_handler_failed", method=request.method, path=request.path)
         response = json_error(500, ErrorCode.INTERNAL_ERROR, "internal error")
     route = request.match_info.route.resource
-    request.app[SERVICES].metrics.http_request(
+    request.app[NODE].metrics.http_request(
         request.method, route.canonical if route is not None else "unmatched", response.status)
     return response
 
@@ -403,7 +403,7 @@ def route_path(route: web.AbstractRoute) -> str | None:
 
 
 def _entries(app: web.Application) -> list[_Entry]:
-    config = app[SERVICES].config
+    config = app[NODE].config
     found = []
     for route in app.router.routes():
         static = isinstance(route.resource, web.StaticResource)

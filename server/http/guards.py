@@ -17,19 +17,27 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
 from ..config import Config
+from ..buckets import TokenBucket
 from ..errors import AuthError
-from ..httputil import Origin, client_ip, ip_in, json_error, networks, parse_origin
-from ..keys import CLAIMS, CLIENT_IP, LEASE, SERVICES
+from ..addresses import Origin, ip_in, networks, parse_origin
+from .util import client_ip, json_error
+from ..keys import NODE
 from ..protocol import ErrorCode
-from .ratelimit import TokenBucket
 
 log = structlog.get_logger(__name__)
+
+#: the verified JWT claims when the token came in the query or a header
+CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("switchboard_claims", dict)
+#: the client's address after trusted-proxy resolution
+CLIENT_IP: web.RequestKey[str] = web.RequestKey("switchboard_client_ip", str)
+#: the upgrade's slot in the connection caps, held until the handler returns
+LEASE: web.RequestKey["Lease"] = web.RequestKey("switchboard_lease")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: most client addresses whose connect rate is tracked at once
@@ -178,7 +186,7 @@ class UpgradeGuard:
 
     async def _admit(self, request: web.Request, ip: str) -> Lease | web.Response:
         sec = self.config.security
-        services = request.app[SERVICES]
+        node = request.app[NODE]
         if self.whitelist is not None and not ip_in(ip, self.whitelist):
             return _refuse(ip, 403, ErrorCode.IP_FORBIDDEN, "your address is not allowed",
                            "not_whitelisted")
@@ -199,13 +207,13 @@ class UpgradeGuard:
         token = request.query.get("token") or bearer_token(request)
         if token:
             try:
-                claims = await services.auth.verify(token)
+                claims = await node.auth.verify(token)
             except AuthError as exc:
                 return _refuse(ip, 401, ErrorCode.UNAUTHORIZED, str(exc), "bad_token")
             request[CLAIMS] = claims
             user_id = str(claims["sub"])
         # no await from here to the lease: the counts cannot move under the checks
-        if services.hub.draining:
+        if node.hub.draining:
             return _refuse(ip, 503, ErrorCode.SERVER_BUSY, "the server is shutting down",
                            "draining")
         cap = self.config.server.max_connections

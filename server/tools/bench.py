@@ -506,7 +506,7 @@ def _raise_fd_limit() -> None:
 
 async def _start_baseline() -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.bench_baseline", "--port", "0",
+        sys.executable, "-m", "server.tools.bench_baseline", "--port", "0",
         stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 20)

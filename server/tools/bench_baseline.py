@@ -5,7 +5,7 @@ aiohttp documentation writes a broadcast, speaking just enough of the protocol f
 ``message`` to a room (encoded once, then written to each other member in turn, then ``ack``)
 and ``ping``/``pong``. No auth check, limits, plugins, history or per-client queue.
 
-    python -m server.bench_baseline [--host 127.0.0.1] [--port 0]
+    python -m server.tools.bench_baseline [--host 127.0.0.1] [--port 0]
 
 prints ``{"url": "ws://127.0.0.1:PORT/ws"}`` once listening and runs until SIGTERM or SIGINT.
 Never expose it: anyone can connect as anyone.
@@ -22,7 +22,7 @@ import jwt
 import orjson
 from aiohttp import WSMsgType, web
 
-from .protocol import encode, frame
+from ..protocol import encode, frame
 
 ROOMS: web.AppKey[dict[str, dict[int, web.WebSocketResponse]]] = web.AppKey("rooms", dict)
 
@@ -100,7 +100,7 @@ async def serve(host: str, port: int) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m server.bench_baseline", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m server.tools.bench_baseline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args()

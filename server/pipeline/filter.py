@@ -52,22 +52,21 @@ def _bounded(char: str) -> bool:
     return not unicodedata.name(char, "").startswith(_SPACELESS)
 
 
-def _word_patterns(words: list[str]) -> list[str]:
-    """The word list as one alternation per kind of edge (bounded or not on each side),
-    longest words first so that the longest match wins."""
-    word_char = _word_char()
+def _word_groups(words: list[str]) -> dict[tuple[bool, bool], list[str]]:
+    """The words' composed and decomposed forms, escaped, by kind of edge (bounded or not on
+    each side), longest words first so that the longest match wins."""
     groups: dict[tuple[bool, bool], list[str]] = {}
     for word in sorted(set(words), key=len, reverse=True):
         forms = dict.fromkeys(unicodedata.normalize(f, word) for f in ("NFC", "NFD"))
         groups.setdefault((_bounded(word[0]), _bounded(word[-1])), []).extend(map(re.escape, forms))
+    return groups
+
+
+def _word_patterns(groups: dict[tuple[bool, bool], list[str]]) -> list[str]:
+    """One alternation per kind of edge, with its boundaries."""
+    word_char = _word_char()
     return [(f"(?<!{word_char})" if left else "") + "(?:" + "|".join(alts) + ")"
             + (f"(?!{word_char})" if right else "") for (left, right), alts in groups.items()]
-
-
-def compile_filter(config: FilterConfig) -> list[re.Pattern[str]]:
-    """The word list, then each regular expression on its own (so it keeps its inline flags)."""
-    sources = _word_patterns([w for w in config.words if w]) + [p for p in config.patterns if p]
-    return [re.compile(source, re.IGNORECASE) for source in sources]
 
 
 class FilterStage:
@@ -75,10 +74,22 @@ class FilterStage:
 
     def __init__(self, config: FilterConfig) -> None:
         self.config = config
-        self.patterns = compile_filter(config) if config.enabled else []
+        groups = _word_groups([w for w in config.words if w]) if config.enabled else {}
+        #: every form of every word in one alternation, without the boundaries: where it finds
+        #: nothing no word can match, so the word patterns (whose look-behind is tried at every
+        #: position, ten times the cost) only run on text that holds one of the words
+        self.hint = (re.compile("|".join(a for alts in groups.values() for a in alts), re.IGNORECASE)
+                     if groups else None)
+        self.words = [re.compile(source, re.IGNORECASE) for source in _word_patterns(groups)]
+        #: each regular expression on its own (so it keeps its inline flags)
+        self.patterns = ([re.compile(p, re.IGNORECASE) for p in config.patterns if p]
+                         if config.enabled else [])
 
     def _matches(self, text: str) -> Iterator[tuple[int, int]]:
-        for pattern in self.patterns:
+        patterns = self.patterns
+        if self.hint is not None and self.hint.search(text) is not None:
+            patterns = self.words + patterns
+        for pattern in patterns:
             for match in pattern.finditer(text):
                 if match.end() > match.start():
                     yield match.span()
@@ -96,7 +107,7 @@ class FilterStage:
 
     def process(self, conn: "Connection", env: Envelope) -> Envelope | None:
         content = env.data.get("content")
-        if not self.patterns or not isinstance(content, str):
+        if (self.hint is None and not self.patterns) or not isinstance(content, str):
             return env
         if self.config.action == "reject":
             if next(self._matches(content), None) is not None:

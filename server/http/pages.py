@@ -17,14 +17,14 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from . import __version__
-from .keys import REGISTRY, SERVICES
+from .. import __version__
+from ..keys import REGISTRY, NODE
 from .openapi import describe
 
 def _static_dir() -> Path:
     """``static/`` beside the packages (a checkout or an editable install), else where a wheel
     installs it (``<prefix>/share/switchboard/static``, setup.cfg ``data_files``)."""
-    here = Path(__file__).resolve().parent.parent / "static"
+    here = Path(__file__).resolve().parents[2] / "static"
     if here.is_dir():
         return here
     return Path(sys.prefix) / "share" / "switchboard" / "static"
@@ -61,7 +61,7 @@ def setup(app: web.Application) -> None:
 
 def page_config(request: web.Request) -> dict[str, Any]:
     """What the page knows about this server (rendered into it as JSON)."""
-    cfg = request.app[SERVICES].config
+    cfg = request.app[NODE].config
     types = set(request.app[REGISTRY].handlers)
     features = {name: type_ in types for name, type_ in FEATURE_TYPES.items()}
     features["presence"] = features["presence"] and cfg.presence.enabled

@@ -1,4 +1,4 @@
-"""Envelope encoding and decoding, error codes and close codes (PROTOCOL.md §2 and §4).
+"""Envelope encoding and decoding (PROTOCOL.md §2): client frames in, server frames out.
 
 A leaf module: the per-message hot path, so it stays small and allocation-light.
 """
@@ -9,72 +9,39 @@ import itertools
 import struct
 import json
 import os
-import re
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from enum import IntEnum
 from typing import Any
 
 import orjson
 
-from .errors import MessageRejected
+from ..errors import MessageRejected
+from .codes import ErrorCode
 
 
-class ErrorCode:
-    INVALID_JSON = "INVALID_JSON"
-    INVALID_MESSAGE = "INVALID_MESSAGE"
-    UNKNOWN_MESSAGE_TYPE = "UNKNOWN_MESSAGE_TYPE"
-    MESSAGE_TOO_LONG = "MESSAGE_TOO_LONG"
-    RATE_LIMITED = "RATE_LIMITED"
-    FORBIDDEN = "FORBIDDEN"
-    NOT_FOUND = "NOT_FOUND"
-    NOT_IN_ROOM = "NOT_IN_ROOM"
-    ROOM_FULL = "ROOM_FULL"
-    ROOM_LIMIT_REACHED = "ROOM_LIMIT_REACHED"
-    MESSAGE_FILTERED = "MESSAGE_FILTERED"
-    UNSUPPORTED_FRAME = "UNSUPPORTED_FRAME"
-    INTERNAL_ERROR = "INTERNAL_ERROR"
-    # refusals before the upgrade (HTTP bodies)
-    IP_FORBIDDEN = "IP_FORBIDDEN"
-    ORIGIN_FORBIDDEN = "ORIGIN_FORBIDDEN"
-    UNAUTHORIZED = "UNAUTHORIZED"
-    TOO_MANY_CONNECTIONS = "TOO_MANY_CONNECTIONS"
-    SERVER_BUSY = "SERVER_BUSY"
-
-
-class CloseCode(IntEnum):
-    NORMAL = 1000
-    GOING_AWAY = 1001
-    PROTOCOL_ERROR = 1002
-    UNSUPPORTED_DATA = 1003
-    INVALID_UTF8 = 1007
-    MESSAGE_TOO_BIG = 1009
-    INTERNAL_ERROR = 1011
-    TRY_AGAIN_LATER = 1013
-    TOKEN_EXPIRED = 4001
-    SLOW_CONSUMER = 4008
-    HEARTBEAT_TIMEOUT = 4010
-    RATE_LIMITED = 4013
-    AUTH_FAILED = 4500
-    TOO_MANY_INVALID = 4501
-    KICKED = 4503
-    FORBIDDEN = 4507
-
-
-_pid_tag = f"{os.getpid():x}"
 _counter = itertools.count(1)
-_boot = f"{int(time.time() * 1000):x}"
+_id_prefix = f"{int(time.time() * 1000):x}-{os.getpid():x}-"  # boot time and process
 
 
 def new_id() -> str:
     """A server-assigned id: unique within the node and across restarts (boot time + counter)."""
-    return f"{_boot}-{_pid_tag}-{next(_counter):x}"
+    return f"{_id_prefix}{next(_counter):x}"
+
+
+_ts_ms = -1  # the millisecond _ts_text stands for
+_ts_text = ""
 
 
 def now_ts() -> str:
-    """RFC 3339 UTC with milliseconds."""
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 UTC with milliseconds (``2026-01-31T12:00:00.123Z``), formatted once per
+    millisecond: every frame stamps one."""
+    global _ts_ms, _ts_text
+    ms = time.time_ns() // 1_000_000
+    if ms != _ts_ms:
+        seconds, millis = divmod(ms, 1000)
+        _ts_text = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(seconds))}.{millis:03d}Z"
+        _ts_ms = ms
+    return _ts_text
 
 
 @dataclass(slots=True)
@@ -89,9 +56,9 @@ class Envelope:
     payload: Any = None  # the plugin-schema-validated ``data`` (a pydantic model or dict)
 
 
-# A run of digits that may be an integer orjson cannot hold (it keeps int64..uint64 exact and
-# silently turns wider integers into floats): only then is the frame parsed a second time.
-_WIDE_DIGITS = re.compile(r"-\d{19}|\d{20}")
+# orjson keeps integers in int64..uint64 exact and silently turns wider ones into floats, of
+# magnitude 2**63 or more: only a frame holding such a float is parsed a second time, exactly.
+_WIDE = float(2**63)
 _INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number",
                float: "a number", bool: "a boolean", type(None): "null"}
@@ -101,6 +68,23 @@ def _exact_int(text: str) -> int:
     if len(text) > 21 or not _INT_MIN <= (value := int(text)) <= _INT_MAX:
         raise ValueError(f"an integer of {len(text.lstrip('-'))} digits does not fit in 64 bits")
     return value
+
+
+def _holds_wide_float(obj: Any) -> bool:
+    """Whether a decoded document holds a float of magnitude 2**63 or more anywhere: a walk
+    over its values, cheaper than scanning the text for long runs of digits."""
+    stack = [obj]
+    pop, push = stack.pop, stack.extend
+    while stack:
+        value = pop()
+        kind = type(value)
+        if kind is dict:
+            push(value.values())
+        elif kind is list:
+            push(value)
+        elif kind is float and not -_WIDE < value < _WIDE:
+            return True
+    return False
 
 
 def json_type(value: Any) -> str:
@@ -118,7 +102,7 @@ def parse_json(text: str) -> dict[str, Any]:
     """
     try:
         obj = orjson.loads(text)
-        if _WIDE_DIGITS.search(text):
+        if _holds_wide_float(obj):
             json.loads(text, parse_int=_exact_int)
     except RecursionError:
         raise MessageRejected(ErrorCode.INVALID_JSON,
