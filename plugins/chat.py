@@ -1,8 +1,8 @@
 """Chat: rooms, room and private messages, broadcast, history and recovery, the inbox.
 
 The frames are described in docs/protocol.md. Delivery itself (history, inbox, fan-out) is the
-server's (``Node.post_to_room``, ``send_private``, ``system_message``), which the HTTP API
-shares; this plugin holds the rules of the frames (who may send what where) and the replies.
+node's (``NodeAPI.post_to_room``, ``send_private``), which the HTTP API shares; this plugin
+holds the rules of the frames (who may send what where) and the replies.
 
 Replays (``joined.missed``, ``history``, the inbox on connect) are cut to half a connection's
 outbound queue (``server.write_buffer_size`` bytes, ``server.max_queued_messages`` frames), so
@@ -88,7 +88,7 @@ class HistoryReply(BaseModel):
     has_more: bool
 
 
-def _need_room(ctx: Context) -> str:
+def _need_room(ctx: Context[dict[str, Any]]) -> str:
     if not ctx.room:
         raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'room' is required")
     return ctx.room
@@ -99,7 +99,7 @@ def _has_more(messages: list[dict[str, Any]], top: str) -> bool:
     return bool(messages) and messages[-1]["offset"] != top
 
 
-class ChatPlugin(Plugin):
+class ChatPlugin(Plugin[dict[str, Any]]):
     name = "chat"
     emits = {"joined": Joined, "left": Left, "message": MessageData, "broadcast": BroadcastData,
              "history": HistoryReply, "system_message": None}
@@ -107,16 +107,15 @@ class ChatPlugin(Plugin):
     # --- rooms ----------------------------------------------------------------------------
     @handles("join", schema=JoinData,
              description="join a room; with data.since, get the room messages missed since then")
-    async def join(self, ctx: Context, data: JoinData) -> None:
+    async def join(self, ctx: Context[dict[str, Any]], data: JoinData) -> None:
         room = _need_room(ctx)
         count = await ctx.join(room)
-        history = self.node.backend.history
         if data.since is None:
             missed: list[dict[str, Any]] = []
-            recovered, top = True, await history.current(room)
+            recovered, top = True, await self.node.history_top(room)
         else:
-            page = await history.since(room, data.since,
-                                       limit=max(ctx.room_options(room).history_size, 1))
+            page = await self.node.history(room, data.since,
+                                           limit=max(ctx.room_options(room).history_size, 1))
             missed = page.messages[:ctx.replay_fit(page.messages)]
             recovered, top = page.recovered, page.offset
         await ctx.reply("joined", {"room": room, "members_count": count, "recovered": recovered,
@@ -124,18 +123,18 @@ class ChatPlugin(Plugin):
                                    "has_more": _has_more(missed, top)}, room=room)
 
     @handles("leave", schema=LeaveData, description="leave a room")
-    async def leave(self, ctx: Context, data: LeaveData) -> None:
+    async def leave(self, ctx: Context[dict[str, Any]], data: LeaveData) -> None:
         room = _need_room(ctx)
         count = await ctx.leave(room)
         await ctx.reply("left", {"room": room, "members_count": count}, room=room)
 
     @handles("history", schema=HistoryData,
              description="a page of a joined room's kept messages: the latest, or those after since")
-    async def history(self, ctx: Context, data: HistoryData) -> None:
+    async def history(self, ctx: Context[dict[str, Any]], data: HistoryData) -> None:
         room = _need_room(ctx)
         if room not in ctx.conn.rooms:
             raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"join {room!r} to read its history")
-        page = await self.node.backend.history.since(room, data.since, limit=data.limit)
+        page = await self.node.history(room, data.since, limit=data.limit)
         messages = page.messages
         if data.since is None:  # the latest page: what does not fit goes from its old end
             messages = messages[len(messages) - ctx.replay_fit(messages[::-1]):]
@@ -148,7 +147,7 @@ class ChatPlugin(Plugin):
     # --- messages -------------------------------------------------------------------------
     @handles("message", schema=MessageData,
              description="a message to a joined room's members (room), or to a user (to)")
-    async def message(self, ctx: Context, data: MessageData) -> None:
+    async def message(self, ctx: Context[dict[str, Any]], data: MessageData) -> None:
         sender = ctx.user.public()
         # data.model_dump() built directly, five times cheaper: MessageData declares content only
         payload = {"content": data.content, **(data.model_extra or {})}
@@ -170,35 +169,33 @@ class ChatPlugin(Plugin):
 
     @handles("broadcast", schema=BroadcastData,
              description="to every connection; for roles in permissions.broadcast")
-    async def broadcast(self, ctx: Context, data: BroadcastData) -> None:
+    async def broadcast(self, ctx: Context[dict[str, Any]], data: BroadcastData) -> None:
         node = self.node
-        if not ctx.user.has_any_role(node.config.permissions.broadcast):
+        if not node.permitted(ctx.user, "broadcast"):
             raise MessageRejected(ErrorCode.FORBIDDEN, "your roles may not broadcast")
-        echo = node.config.messages.echo_to_sender
         sent = await node.broadcast("broadcast", data.model_dump(), exclude=ctx.conn.id,
-                                        exclude_user=None if echo else ctx.user.id,
-                                        sender=ctx.user.public())
+                                    exclude_user=None if node.echo_to_sender else ctx.user.id,
+                                    sender=ctx.user.public())
         await ctx.ack({"id": sent["id"]})
 
     # --- inbox ----------------------------------------------------------------------------
-    async def on_connect(self, ctx: Context) -> None:
+    async def on_connect(self, ctx: Context[dict[str, Any]]) -> None:
         await self._deliver_inbox(ctx, None)
 
     @handles("inbox.ack", schema=InboxAckData,
              description="your inbox is read up to data.offset: those messages stop coming")
-    async def inbox_ack(self, ctx: Context, data: InboxAckData) -> None:
-        await self.node.backend.inbox.ack(ctx.user.id, data.offset)
+    async def inbox_ack(self, ctx: Context[dict[str, Any]], data: InboxAckData) -> None:
+        await self.node.inbox_ack(ctx.user.id, data.offset)
         await ctx.ack({"offset": data.offset})
         cursor = ctx.state.pop("inbox_cursor", None)
         if cursor is not None:
             await self._deliver_inbox(ctx, cursor)
 
-    async def _deliver_inbox(self, ctx: Context, since: str | None) -> None:
+    async def _deliver_inbox(self, ctx: Context[dict[str, Any]], since: str | None) -> None:
         """Send the waiting private messages after ``since``, marked ``inbox: true``, as many as
         fit the budget; the next ``inbox.ack`` of this connection brings the next ones."""
         node = self.node
-        pending = await node.backend.inbox.fetch(ctx.user.id, since,
-                                                     limit=node.config.inbox.size)
+        pending = await node.inbox(ctx.user.id, since)
         if not pending:
             return
         count = ctx.replay_fit(pending)

@@ -19,11 +19,23 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from server.plugin_api import (BaseModel, ConfigDict, Context, ErrorCode, Field, MessageRejected,
-                               Plugin, User, handles)
+                               NodeAPI, Plugin, PluginConfig, User, handles)
 
 Status = Literal["online", "away", "busy", "offline"]
 #: names a status's extra fields may not take: presence.state puts them beside these
 RESERVED = frozenset({"user_id", "online", "last_seen", "connections"})
+
+
+class PresenceConfig(PluginConfig):
+    """The ``presence`` section of websocket.yaml (docs/configuration.md)."""
+
+    # unknown keys are the config loader's warnings, as for the core's sections
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    enabled: bool = True
+    grace_period: float = Field(5.0, ge=0, allow_inf_nan=False)
+    last_seen_ttl: float = Field(604800.0, gt=0, allow_inf_nan=False)
+    max_extra_bytes: int = Field(512, gt=0)
+    max_query_users: int = Field(100, gt=0)
 
 
 class PresenceData(BaseModel):
@@ -78,19 +90,21 @@ class _Departure:
     task: asyncio.Task[None] | None = None
 
 
-class PresencePlugin(Plugin):
+class PresencePlugin(Plugin[PresenceConfig]):
     name = "presence"
+    Config = PresenceConfig
+    section = "presence"
     emits = {"presence": PresenceEvent, "presence.state": PresenceState, "user_status": UserStatus}
 
-    def __init__(self, config: Any, node: Any) -> None:
+    def __init__(self, config: PresenceConfig, node: NodeAPI) -> None:
         super().__init__(config, node)
         self._departures: dict[str, _Departure] = {}
 
     # --- client frames ----------------------------------------------------------------------
     @handles("presence", schema=PresenceData,
              description="set your status; the users sharing a room with you get a presence event")
-    async def presence(self, ctx: Context, data: PresenceData) -> None:
-        settings = self.node.config.presence
+    async def presence(self, ctx: Context[PresenceConfig], data: PresenceData) -> None:
+        settings = self.config
         if not settings.enabled:
             raise MessageRejected(ErrorCode.FORBIDDEN, "presence is turned off on this server")
         extra = data.model_extra or {}
@@ -105,42 +119,42 @@ class PresencePlugin(Plugin):
                                   f"presence.max_extra_bytes ({settings.max_extra_bytes})")
         user = ctx.user
         status = {"status": data.status, **extra}
-        await self.node.backend.presence.set_status(user.id, status)
+        await self.node.presence.set_status(user.id, status)
         event = {"user_id": user.id, **status}
-        rooms = await self.node.backend.rooms.user_rooms(user.id)
+        rooms = await self.node.user_rooms(user.id)
         await self._tell(await self._room_mates(user.id, rooms), "presence", event, user)
         await ctx.send_to_user(user.id, "presence", event, exclude_self=True)
         await ctx.ack()
 
     @handles("presence.query", schema=QueryData,
              description="the presence of users by id: online, status, last_seen, connections")
-    async def query(self, ctx: Context, data: QueryData) -> None:
-        limit = self.node.config.presence.max_query_users
+    async def query(self, ctx: Context[PresenceConfig], data: QueryData) -> None:
+        limit = self.config.max_query_users
         if len(data.user_ids) > limit:
             raise MessageRejected(ErrorCode.INVALID_MESSAGE,
                                   f"data.user_ids: at most {limit} ids (presence.max_query_users), "
                                   f"got {len(data.user_ids)}")
-        users = await self.node.backend.presence.snapshot(list(dict.fromkeys(data.user_ids)))
+        users = await self.node.presence.snapshot(list(dict.fromkeys(data.user_ids)))
         await ctx.reply("presence.state", {"users": [u.public() for u in users]})
 
     # --- online / offline -------------------------------------------------------------------
-    async def on_connect(self, ctx: Context) -> None:
+    async def on_connect(self, ctx: Context[PresenceConfig]) -> None:
         user = ctx.user
         departure = self._departures.pop(user.id, None)
         if departure is not None and departure.task is not None:
             departure.task.cancel()  # back within the grace period
-        if not self.node.config.presence.enabled:
+        if not self.config.enabled:
             return
-        store = self.node.backend.presence
+        store = self.node.presence
         if await store.mark_online(user.id):
-            rooms = await self.node.backend.rooms.user_rooms(user.id)
+            rooms = await self.node.user_rooms(user.id)
             await self._announce(user, "online", rooms, await store.last_seen(user.id))
 
-    async def on_disconnect(self, ctx: Context) -> None:
+    async def on_disconnect(self, ctx: Context[PresenceConfig]) -> None:
         user = ctx.user
-        if not self.node.config.presence.enabled:
+        if not self.config.enabled:
             return
-        if await self.node.backend.presence.connections(user.id):
+        if await self.node.presence.connections(user.id):
             return  # another connection is still open
         departure = self._departures.get(user.id)
         if departure is not None:  # two connections closed at once: one timer for both
@@ -148,13 +162,13 @@ class PresencePlugin(Plugin):
             return
         departure = self._departures[user.id] = _Departure(user, set(ctx.conn.rooms))
         departure.task = asyncio.get_running_loop().create_task(
-            self._depart(user.id, self.node.config.presence.grace_period))
+            self._depart(user.id, self.config.grace_period))
 
     async def _depart(self, user_id: str, grace: float) -> None:
         await asyncio.sleep(grace)
         departure = self._departures.pop(user_id)  # a reconnect can no longer cancel this
         try:
-            last_seen = await self.node.backend.presence.mark_offline(user_id)
+            last_seen = await self.node.presence.mark_offline(user_id)
             if last_seen is not None:
                 await self._announce(departure.user, "offline", departure.rooms, last_seen)
         except Exception:
@@ -177,11 +191,11 @@ class PresencePlugin(Plugin):
 
     async def _room_mates(self, user_id: str, rooms: Iterable[str]) -> set[str]:
         """The users sharing one of ``rooms`` with ``user_id``, in rooms with presence on."""
-        store, options = self.node.backend.rooms, self.node.config.rooms.options
+        node = self.node
         mates: set[str] = set()
         for room in rooms:
-            if options(room).presence:
-                mates.update(await store.members(room))
+            if node.room_options(room).presence:
+                mates.update(await node.room_members(room))
         mates.discard(user_id)
         return mates
 

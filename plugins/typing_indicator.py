@@ -16,7 +16,18 @@ import time
 from typing import Any, NamedTuple
 
 from server.plugin_api import (BaseModel, ConfigDict, Connection, Context, Envelope, ErrorCode,
-                               Field, MessageRejected, Plugin, Stage, TokenBucket, handles)
+                               Field, MessageRejected, NodeAPI, Plugin, PluginConfig, Stage,
+                               TokenBucket, handles)
+
+
+class TypingConfig(PluginConfig):
+    """The ``typing`` section of websocket.yaml (docs/configuration.md)."""
+
+    # unknown keys are the config loader's warnings, as for the core's sections
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    timeout: float = Field(5.0, gt=0, allow_inf_nan=False)
+    messages_per_minute: int = Field(60, gt=0)
+    burst: int = Field(10, gt=0)
 
 
 class TypingData(BaseModel):
@@ -90,22 +101,24 @@ def _key(user_id: str, room: str | None, to: str | None, data: TypingData) -> _K
     return None
 
 
-class TypingPlugin(Plugin):
+class TypingPlugin(Plugin[TypingConfig]):
     name = "typing"
+    Config = TypingConfig
+    section = "typing"
     emits = {"typing": TypingEvent}
 
-    def __init__(self, config: Any, node: Any) -> None:
+    def __init__(self, config: TypingConfig, node: NodeAPI) -> None:
         super().__init__(config, node)
         self._active: dict[_Key, _Indicator] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def stages(self) -> list[Stage]:
-        cfg = self.node.config.typing
+        cfg = self.config
         return [TypingRateLimit(cfg.messages_per_minute, cfg.burst)]
 
     @handles("typing", schema=TypingData,
              description="typing started or stopped in a room (room) or to a user (to); no reply")
-    async def typing(self, ctx: Context, data: TypingData) -> None:
+    async def typing(self, ctx: Context[TypingConfig], data: TypingData) -> None:
         if ctx.room is not None and ctx.to is not None:
             raise MessageRejected(ErrorCode.INVALID_MESSAGE, "give 'room' or 'to', not both")
         key = _key(ctx.user.id, ctx.room, ctx.to, data)
@@ -123,7 +136,7 @@ class TypingPlugin(Plugin):
             self._start(key, ctx)
         await self._relay(key, data.is_typing, ctx.user.public())
 
-    async def on_disconnect(self, ctx: Context) -> None:
+    async def on_disconnect(self, ctx: Context[TypingConfig]) -> None:
         """What this connection was typing stops now rather than after the timeout."""
         for key in list(_owned(ctx.conn)):
             indicator = self._end(key)
@@ -138,8 +151,8 @@ class TypingPlugin(Plugin):
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # --- indicators -----------------------------------------------------------------------
-    def _start(self, key: _Key, ctx: Context) -> None:
-        timeout = self.node.config.typing.timeout
+    def _start(self, key: _Key, ctx: Context[TypingConfig]) -> None:
+        timeout = self.config.timeout
         timer = asyncio.get_running_loop().call_later(timeout, self._expire, key)
         owner = _owned(ctx.conn)
         owner.add(key)

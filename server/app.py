@@ -7,11 +7,12 @@ from typing import Any, AsyncIterator, Mapping
 import structlog
 from aiohttp import web
 
-from .http import api, pages
 from .config import DEV_SECRET, Config
-from .keys import PIPELINE, REGISTRY, NODE
+from .http import api, pages
+from .http.errors import error_middleware
 from .http.guards import UpgradeGuard
-from .http.openapi import error_middleware
+from .http.sessions import HTTP_SESSIONS, HttpSessions
+from .keys import NODE, PIPELINE, REGISTRY
 from .pipeline import build_pipeline
 from .protocol import CloseCode
 from .registry import CORE_TYPES, Registry
@@ -29,16 +30,16 @@ def create_app(config: Config, *, config_path: str | None = None,
     reads again."""
     node = Node(config, config_path=config_path)
     registry = Registry.create(config, node)
-    node.registry = registry
+    node.plugins = registry.plugins
     node.metrics.track([*CORE_TYPES, *registry.handlers])
-    node.metrics.watch(node)
+    node.metrics.watch(node.node_id, node.hub)
     guard = UpgradeGuard(config)
     app = web.Application(middlewares=[error_middleware, guard.middleware])
     app[NODE] = node
     app[REGISTRY] = registry
     app[PIPELINE] = build_pipeline(config, registry.stages)
     app[RELOADER] = Reloader(node, guard, app[PIPELINE], registry, overrides)
-    app[api.HTTP_SESSIONS] = api.HttpSessions()
+    app[HTTP_SESSIONS] = HttpSessions()
     app.router.add_get(config.server.ws_path, websocket_handler)
     app.router.add_routes(api.routes)
     pages.setup(app)

@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .errors import AuthError, ConfigError, PluginError
+from .tools import bench_cli, client_cli
+from .tools.options import Minter, split_roles
 
 if TYPE_CHECKING:
     from .config import Config, LoadedConfig
@@ -32,9 +34,9 @@ def _config_path(arg: str | None) -> str | None:
 
 
 def _load(path: str | None, overrides: dict[str, Any] | None = None) -> Any:
-    from .config import load_config
+    from .registry import load
 
-    return load_config(path, overrides=overrides)
+    return load(path, overrides=overrides)
 
 
 def _print_config_error(exc: ConfigError, source: str | None) -> None:
@@ -138,7 +140,7 @@ def _plugin_problems(config: Config) -> tuple[list[str], list[str]]:
     from .registry import available_plugins, check_classes, load_plugin_class, plugin_config
 
     errors: list[str] = []
-    classes: list[type[Plugin]] = []
+    classes: list[type[Plugin[Any]]] = []
     installed = available_plugins()
     for name in config.plugins.enabled:
         try:
@@ -207,11 +209,11 @@ def _summary(loaded: LoadedConfig) -> list[tuple[str, str]]:
 
 def _check_one(path: str, strict: bool) -> bool:
     """Validate one file and print the verdict; True when it passes."""
-    from .config import load_config
+    from .registry import load
 
     loaded: LoadedConfig | None = None
     try:
-        loaded = load_config(path)
+        loaded = load(path)
     except ConfigError as exc:
         errors, warnings = exc.errors, exc.warnings
     else:
@@ -241,11 +243,6 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 # --- token --------------------------------------------------------------------------------
-def _roles(values: list[str] | None) -> list[str]:
-    """``--roles a,b --roles c`` as ``[a, b, c]``."""
-    return [r.strip() for part in (values or []) for r in part.split(",") if r.strip()]
-
-
 def _private_key(path: str | None) -> str | None:
     if not path:
         return None
@@ -276,7 +273,7 @@ def cmd_token(args: argparse.Namespace) -> int:
         return 2
     auth = loaded.config.auth
     configure_logging(loaded.config.logging)  # log lines go to stderr, stdout is the token only
-    roles = _roles(args.roles)
+    roles = split_roles(args.roles)
     try:
         private_key = _private_key(args.private_key)
     except ValueError as exc:
@@ -299,10 +296,7 @@ def cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
-# --- client and bench ---------------------------------------------------------------------
-Minter = Callable[..., str]
-
-
+# --- client and bench (server/tools/) --------------------------------------------------------
 def _tool_setup(args: argparse.Namespace, prog: str) -> tuple[str, Minter] | int:
     """The URL (``--url``, else the configured listen address) and a function that mints
     tokens with the configured key, for ``client`` and ``bench``; an exit status on error."""
@@ -330,118 +324,15 @@ def _tool_setup(args: argparse.Namespace, prog: str) -> tuple[str, Minter] | int
     return url, mint
 
 
-def _token_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", help="config whose key mints the tokens and whose listen "
-                        f"address is the default URL (default: $SWITCHBOARD_CONFIG or ./{DEFAULT_CONFIG})")
-    parser.add_argument("--ttl", default="1h", help="lifetime of minted tokens (default 1h)")
-    parser.add_argument("--private-key", metavar="FILE", help="PEM private key for RS256/ES256")
+def _tool(prog: str, run: Callable[[argparse.Namespace, str, Minter], int]) -> Callable[[argparse.Namespace], int]:
+    """The command of a tool: the URL and the minter from the config, then the tool's ``run``."""
+    def command(args: argparse.Namespace) -> int:
+        setup = _tool_setup(args, prog)
+        if isinstance(setup, int):
+            return setup
+        return run(args, *setup)
 
-
-def cmd_client(args: argparse.Namespace) -> int:
-    from .tools import client
-    from .errors import AuthError
-
-    setup = _tool_setup(args, "client")
-    if isinstance(setup, int):
-        return setup
-    url, mint = setup
-    if args.token:
-        def token() -> str:
-            return str(args.token)
-    else:
-        def token() -> str:
-            return mint(args.sub or args.username, username=args.username, email=args.email,
-                        roles=_roles(args.roles))
-        try:
-            token()
-        except AuthError as exc:
-            print(f"switchboard client: cannot mint a token: {exc}", file=sys.stderr)
-            return 2
-    interactive = args.script is None and sys.stdin.isatty() and sys.stdout.isatty()
-    color = args.color if args.color is not None else not os.environ.get("NO_COLOR")  # no-color.org
-    try:
-        return asyncio.run(client.main(
-            url, token, fresh_tokens=not args.token, interactive=interactive, script=args.script,
-            auto_ping=args.auto_ping, timeout=args.timeout, max_retries=args.max_retries,
-            history_file=args.history_file, color=color))
-    except KeyboardInterrupt:
-        return 130
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from .tools import bench
-
-    setup = _tool_setup(args, "bench")
-    if isinstance(setup, int):
-        return setup
-    url, mint = setup
-    return bench.run(args, url, mint)
-
-
-def _client_parser(sub: Any) -> None:
-    client = sub.add_parser(
-        "client", help="a WebSocket client: interactive on a terminal, JSON lines for scripts",
-        description="Interactive (line editing, history, coloured frames) when stdin and stdout "
-                    "are a terminal; otherwise, or with --script, it runs the commands read from "
-                    "stdin or FILE, each waiting for its reply, and prints every frame received "
-                    "as one JSON line. Type `help` for the commands. Exit status: 0, 1 when the "
-                    "connection or a command failed, 2 for bad options, 130 after Ctrl-C.")
-    client.add_argument("--url", help="ws://host:port/ws (default: the configured listen address)")
-    who = client.add_mutually_exclusive_group(required=True)
-    who.add_argument("--token", help="a JWT to connect with")
-    who.add_argument("--username", help="mint a token for this user with the configured key")
-    client.add_argument("--sub", help="user id of the minted token (default: --username)")
-    client.add_argument("--email", help="email claim of the minted token")
-    client.add_argument("--roles", action="append", help="roles of the minted token, comma-separated; repeatable")
-    _token_options(client)
-    client.add_argument("--auto-ping", type=float, metavar="SECONDS",
-                        help="ping every SECONDS; an unanswered ping means reconnect")
-    client.add_argument("--script", metavar="FILE", help="run the commands in FILE ('-' for stdin) and exit")
-    client.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
-                        help="scripts: how long a command waits for its reply (default 5)")
-    client.add_argument("--max-retries", type=int, default=10, metavar="N",
-                        help="reconnect attempts before giving up (default 10)")
-    client.add_argument("--history-file", metavar="FILE", help="line history (default ~/.switchboard_history)")
-    client.add_argument("--color", action=argparse.BooleanOptionalAction, default=None,
-                        help="colour the frames (default: on, unless NO_COLOR is set)")
-    client.set_defaults(func=cmd_client)
-
-
-def _bench_parser(sub: Any) -> None:
-    bench = sub.add_parser(
-        "bench", help="load-test a server: connection storm, throughput, fan-out, sustained load",
-        description="Opens real WebSocket connections (tokens minted with the configured key), "
-                    "sends room messages and times each delivery. Prints a results table "
-                    "(and --json FILE). Exit status 1 when a message was lost or the errors "
-                    "exceed --max-errors, 2 for bad options. Run it against a server whose "
-                    "rate limits and connection caps allow the load (docs/benchmarks.md).")
-    bench.add_argument("--test-type", choices=("storm", "throughput", "fanout", "sustained", "all"),
-                       default="all", help="which test (default: all, one after the other)")
-    bench.add_argument("--url", help="ws://host:port/ws (default: the configured listen address)")
-    bench.add_argument("--baseline", action="store_true",
-                       help="start the minimal raw aiohttp server (server/bench_baseline.py) on a "
-                            "free loopback port and test it instead of --url")
-    bench.add_argument("--connections", type=int, default=100, help="connections (default 100)")
-    bench.add_argument("--messages", type=int, default=10,
-                       help="messages per sender in throughput and fanout (default 10)")
-    bench.add_argument("--duration", type=float, default=60.0, help="seconds of the sustained test (default 60)")
-    bench.add_argument("--max-concurrent", type=int, default=50,
-                       help="connection handshakes in flight at once (default 50)")
-    bench.add_argument("--message-interval", type=float, default=100.0, metavar="MS",
-                       help="ms between a sender's messages in fanout and sustained (default 100)")
-    bench.add_argument("--rooms", type=int, default=1, help="rooms the connections are spread over (default 1)")
-    bench.add_argument("--payload-bytes", type=int, default=64, help="size of each message's content (default 64)")
-    bench.add_argument("--drain-timeout", type=float, default=5.0, metavar="SECONDS",
-                       help="after sending, wait this long without a delivery before counting "
-                            "the rest as lost (default 5)")
-    bench.add_argument("--max-errors", type=int, default=0,
-                       help="failures (refused connections, error frames, closes) tolerated (default 0)")
-    bench.add_argument("--server-pid", type=int, help="process to sample RSS from (default: the "
-                       "process listening on the URL's port, when it is on this machine)")
-    bench.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': stdout)")
-    bench.add_argument("--no-progress", action="store_true", help="no live progress bar")
-    _token_options(bench)
-    bench.set_defaults(func=cmd_bench)
+    return command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -474,8 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--private-key", metavar="FILE",
                        help="PEM private key for RS256/ES256 (the pair of auth.public_key_file)")
     token.set_defaults(func=cmd_token)
-    _client_parser(sub)
-    _bench_parser(sub)
+    client_cli.add_parser(sub, DEFAULT_CONFIG).set_defaults(func=_tool("client", client_cli.run))
+    bench_cli.add_parser(sub, DEFAULT_CONFIG).set_defaults(func=_tool("bench", bench_cli.run))
     return parser
 
 

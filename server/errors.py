@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SwitchboardError(Exception):
     """Root of every error Switchboard raises on purpose."""
@@ -25,14 +27,18 @@ class AuthError(SwitchboardError):
 
 
 class MessageRejected(SwitchboardError):
-    """Raised by a pipeline stage or handler: the client gets an ``error`` frame with ``code``;
-    the connection stays open."""
+    """Raised by a pipeline stage or handler: the client gets an ``error`` frame with ``code``
+    (the core's, or one its plugin declares in ``Plugin.errors``) and ``message``, plus
+    ``retry_after`` and ``details`` (any JSON object: which field, the limit, the existing
+    item...) when given; the connection stays open."""
 
-    def __init__(self, code: str, message: str, *, retry_after: float | None = None) -> None:
+    def __init__(self, code: str, message: str, *, retry_after: float | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.details = details
 
 
 class CloseConnection(SwitchboardError):

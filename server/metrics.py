@@ -33,7 +33,7 @@ from . import __version__
 from .protocol import CloseCode, ErrorCode
 
 if TYPE_CHECKING:
-    from .node import Node
+    from .hub import Hub
 
 K = TypeVar("K", bound=Hashable)
 
@@ -127,9 +127,9 @@ class Metrics:
         """Count frames of ``types`` (the registered ones) under their own label."""
         self.handling = {t: Histogram(HANDLER_BUCKETS) for t in (*types, UNKNOWN, INVALID)}
 
-    def watch(self, node: "Node") -> None:
-        """Export through ``self.registry``, reading gauges from ``node`` at scrape time."""
-        self.registry.register(_Collector(self, node))
+    def watch(self, node_id: str, hub: "Hub") -> None:
+        """Export through ``self.registry``, reading gauges from ``hub`` at scrape time."""
+        self.registry.register(_Collector(self, node_id, hub))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -181,16 +181,17 @@ def _counter(name: str, doc: str, label: str, counts: Counts[K]) -> CounterMetri
 
 
 class _Collector(Collector):
-    def __init__(self, metrics: Metrics, node: "Node") -> None:
+    def __init__(self, metrics: Metrics, node_id: str, hub: "Hub") -> None:
         self.metrics = metrics
-        self.node = node
+        self.node_id = node_id
+        self.hub = hub
 
     def collect(self) -> Iterator[Metric]:
-        m, hub = self.metrics, self.node.hub
+        m, hub = self.metrics, self.hub
         conns = tuple(hub.connections.values())
         info = GaugeMetricFamily("switchboard_info", "This node (always 1)",
                                  labels=["node", "version"])
-        info.add_metric([self.node.node_id, __version__], 1)
+        info.add_metric([self.node_id, __version__], 1)
         yield info
         yield GaugeMetricFamily("switchboard_uptime_seconds", "Seconds since the server started",
                                 value=time.time() - m.started)

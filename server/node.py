@@ -1,27 +1,30 @@
 """The node: config, hub, backend and the operations plugins and the HTTP API share
 (send to a connection, a user, a room or everyone; join, leave and delete rooms; post room,
-private and system messages)."""
+private and system messages; history, inbox, presence and the plugins' stores).
+
+:class:`Node` implements the plugin API's ``NodeAPI``: that Protocol is all a plugin sees of it."""
 
 from __future__ import annotations
 
 import socket
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import structlog
 
 from .auth import Authenticator
 from .backends import create_backend
-from .backends.base import Backend, Route, TargetKind
+from .backends.base import Backend, HistoryPage, Route, Store, TargetKind
 from .config import Config, RoomOptions, RoomsConfig
 from .connection import Connection
 from .errors import MessageRejected
 from .hub import Hub
+from .identity import User
 from .metrics import Metrics
 from .protocol import ErrorCode, encode, frame, new_id
 
 if TYPE_CHECKING:
-    from .registry import Registry
+    from .plugin_api import NodeAPI, Plugin
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +62,8 @@ class Node:
         self.auth = Authenticator(config.auth)
         self.stats = Stats()
         self.metrics = Metrics()
-        self.registry: "Registry | None" = None
+        #: the enabled plugins, in config order (set by the app; a reload replaces them)
+        self.plugins: Sequence["Plugin[Any]"] = ()
         self._room_options: dict[str, RoomOptions] = {}
         self._room_options_of: RoomsConfig | None = None  # the config they were worked out from
 
@@ -78,6 +82,44 @@ class Node:
         sent = self.hub.deliver(kind, key, payload, route)
         self.stats.messages_out += sent
         self.metrics.delivered(payload, sent, time.perf_counter() - started)
+
+    @property
+    def presence(self) -> Any:
+        """The backend's presence store (``plugin_api.PresenceView`` for plugins)."""
+        return self.backend.presence
+
+    @property
+    def echo_to_sender(self) -> bool:
+        return self.config.messages.echo_to_sender
+
+    def permitted(self, user: User, action: str) -> bool:
+        roles = getattr(self.config.permissions, action, None)
+        if not isinstance(roles, list):
+            raise ValueError(f"permissions.{action}: no such permission")
+        return user.has_any_role(roles)
+
+    def store(self, namespace: str) -> Store:
+        return self.backend.store(namespace)
+
+    def replay_fit(self, frames: list[dict[str, Any]]) -> int:
+        """How many of ``frames``, from the first, fit in half of a connection's outbound
+        queue (``server.write_buffer_size`` bytes, ``server.max_queued_messages`` frames) once
+        encoded; at least one when there is one."""
+        server = self.config.server
+        max_bytes, max_count = server.write_buffer_size // 2, max(server.max_queued_messages // 2, 1)
+        used = 0
+        for n, message in enumerate(frames[:max_count]):
+            used += len(encode(message))
+            if used > max_bytes and n:
+                return n
+        return min(len(frames), max_count)
+
+    async def _room_hook(self, hook: str, room: str) -> None:
+        for plugin in self.plugins:
+            try:
+                await getattr(plugin, hook)(room)
+            except Exception:
+                log.exception("plugin_hook_failed", plugin=plugin.name, hook=hook, room=room)
 
     def room_options(self, room: str) -> RoomOptions:
         """``config.rooms.options(room)``, worked out once per room for as long as the config
@@ -162,7 +204,9 @@ class Node:
                 raise MessageRejected(ErrorCode.ROOM_LIMIT_REACHED,
                                       f"the server holds its maximum of {cfg.max_rooms} rooms")
             # a room a client creates lasts while it has members (RoomInfo.persistent)
-            info, _ = await rooms.create(room, persistent=False)
+            info, created = await rooms.create(room, persistent=False)
+            if created:
+                await self._room_hook("on_room_created", room)
         cap = info.max_members or opts.max_members
         if room not in mine and await rooms.member_count(room) >= cap:
             raise MessageRejected(ErrorCode.ROOM_FULL, f"room {room!r} has its maximum of {cap} members")
@@ -197,7 +241,41 @@ class Node:
             self.send_to_connection(conn, "left", {"room": room, "members_count": 0,
                                                    "reason": "deleted"}, room=room)
         log.info("room_deleted", room=room)
+        await self._room_hook("on_room_deleted", room)
         return True
+
+    async def create_room(self, room: str, **fields: Any) -> tuple[Any, bool]:
+        """Create ``room`` (an operator's: it persists) unless it exists; (info, created)."""
+        info, created = await self.backend.rooms.create(room, **fields)
+        if created:
+            await self._room_hook("on_room_created", room)
+        return info, created
+
+    # --- reading ----------------------------------------------------------------------------
+    async def history(self, room: str, since: str | None, *, limit: int) -> HistoryPage:
+        return await self.backend.history.since(room, since, limit=limit)
+
+    async def history_top(self, room: str) -> str:
+        return await self.backend.history.current(room)
+
+    async def room_message(self, room: str, message_id: str) -> dict[str, Any] | None:
+        """The kept message of ``room`` whose ``id`` is ``message_id``; None when it is not
+        (or no longer) kept."""
+        page = await self.backend.history.since(room, None, limit=max(self.room_options(room).history_size, 1))
+        return next((m for m in reversed(page.messages) if m.get("id") == message_id), None)
+
+    async def inbox(self, user_id: str, since: str | None = None, *,
+                    limit: int | None = None) -> list[dict[str, Any]]:
+        return await self.backend.inbox.fetch(user_id, since, limit=limit or self.config.inbox.size)
+
+    async def inbox_ack(self, user_id: str, offset: str) -> None:
+        await self.backend.inbox.ack(user_id, offset)
+
+    async def room_members(self, room: str) -> list[str]:
+        return await self.backend.rooms.members(room)
+
+    async def user_rooms(self, user_id: str) -> set[str]:
+        return await self.backend.rooms.user_rooms(user_id)
 
     # --- messages -------------------------------------------------------------------------
     # The rules of who may send what (membership, client_publish, roles) are the caller's: the
@@ -249,3 +327,8 @@ class Node:
         if await self.backend.rooms.get(room) is None:
             raise MessageRejected(ErrorCode.NOT_FOUND, f"room {room!r} does not exist")
         return await self.post_to_room(room, "system_message", data)
+
+
+if TYPE_CHECKING:  # Node implements the plugin API's facade
+    def _implements(node: Node) -> NodeAPI:
+        return node

@@ -12,21 +12,20 @@ from __future__ import annotations
 import builtins
 import importlib
 import inspect
+import os
 import re
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Mapping
+from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import structlog
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .config import Config, validation_messages
+from .config import Config, LoadedConfig, load_config, validation_messages
 from .errors import ConfigError, MessageRejected, PluginError
-from .plugin_api import HANDLER_ATTR, Context, HandlesSpec, Plugin, Stage
-from .protocol import ErrorCode
+from .plugin_api import HANDLER_ATTR, Context, HandlesSpec, NodeAPI, Plugin, Stage, clean_doc
+from .protocol import ERROR_CODES, ErrorCode, close_catalogue
 
-if TYPE_CHECKING:
-    from .node import Node
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +34,10 @@ _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _TYPE = re.compile(r"[A-Za-z0-9_.:-]+")
 #: lifecycle hook -> the parameters it is called with after ``self``
 HOOKS: dict[str, tuple[str, ...]] = {"on_startup": (), "on_connect": ("ctx",),
-                                     "on_disconnect": ("ctx",), "on_shutdown": ()}
+                                     "on_disconnect": ("ctx",), "on_room_created": ("room",),
+                                     "on_room_deleted": ("room",), "on_shutdown": (),
+                                     "send_from_api": ("user_id", "type_", "data")}
+_ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 
 
 # --- the core's own types, listed in GET /api/protocol like any plugin's ---------------------
@@ -161,15 +163,53 @@ def load_plugin_class(name: str, eps: dict[str, EntryPoint]) -> type[Plugin]:
     return obj
 
 
-def plugin_config(cls: type[Plugin], config: Config) -> Any:
-    """The plugin's ``plugins.<name>`` section, validated against its ``Config`` model."""
-    section = config.plugin_section(cls.name)
+def section_path(cls: type[Plugin[Any]]) -> tuple[str, ...]:
+    """Where the plugin's section is: ``plugins.<name>``, or its own top-level key."""
+    return (cls.section,) if cls.section else ("plugins", cls.name)
+
+
+def plugin_sections(enabled: list[str]) -> dict[tuple[str, ...], type[BaseModel] | None]:
+    """For ``load_config(plugin_sections=...)``: where each enabled plugin's section is and its
+    model, so that the loader validates plugin sections like the core's (key paths, unknown
+    keys with "did you mean", typed environment variables). A name that does not load is left
+    to :meth:`Registry.classes`, which reports it."""
+    installed = available_plugins()
+    found: dict[tuple[str, ...], type[BaseModel] | None] = {}
+    for name in enabled:
+        try:
+            plugin_cls = load_plugin_class(name, installed)
+        except PluginError:
+            continue
+        found[section_path(plugin_cls)] = plugin_cls.Config
+    return found
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None, *,
+         overrides: Mapping[str, Any] | None = None) -> LoadedConfig:
+    """``load_config`` with the enabled plugins' sections checked too: what ``serve``,
+    ``check-config`` and a reload use."""
+    return load_config(path, env, overrides=overrides, plugin_sections=plugin_sections)
+
+
+def plugin_config(cls: type[Plugin[Any]], config: Config) -> Any:
+    """The plugin's section, validated against its ``Config`` model (already validated when
+    the config was loaded with :func:`load`)."""
+    path = section_path(cls)
+    if path in config.plugin_paths:
+        return config.plugin_config(path)
+    if cls.section:
+        raw = getattr(config, cls.section, None)
+        if raw is None:
+            raw = (config.model_extra or {}).get(cls.section)
+        section = raw.model_dump() if isinstance(raw, BaseModel) else dict(raw or {})
+    else:
+        section = config.plugin_section(cls.name)
     if cls.Config is None:
         return section
     try:
         return cls.Config.model_validate(section)
     except ValidationError as exc:
-        raise ConfigError(validation_messages(exc, ("plugins", cls.name))) from None
+        raise ConfigError(validation_messages(exc, path)) from None
 
 
 # --- checking ---------------------------------------------------------------------------------
@@ -185,9 +225,27 @@ def _signature_error(func: Any, params: tuple[str, ...]) -> str | None:
     return None
 
 
+def _is_model(schema: Any) -> bool:
+    return isinstance(schema, type) and issubclass(schema, BaseModel)
+
+
 def _check_model(where: str, what: str, schema: Any) -> None:
-    if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
+    if schema is not None and not _is_model(schema):
         raise PluginError(f"{where}: {what} must be a pydantic BaseModel subclass or None, got {schema!r}")
+
+
+def _schema_for(plugin: Plugin[Any], spec: HandlesSpec) -> type[BaseModel] | None:
+    """A handler's model: as declared, or built now from the plugin's config."""
+    if spec.schema is None or _is_model(spec.schema):
+        return spec.schema  # type: ignore[return-value]
+    where = f"plugin {plugin.name!r}, type {spec.type!r}"
+    try:
+        schema = spec.schema(plugin.config)  # type: ignore[call-arg]
+    except Exception as exc:
+        raise PluginError(f"{where}: building the schema from the config failed: "
+                          f"{type(exc).__name__}: {exc}") from exc
+    _check_model(where, "the schema built from the config", schema)
+    return schema
 
 
 def _check_type(where: str, type_: Any) -> None:
@@ -207,7 +265,8 @@ def _handlers_of(cls: type[Plugin]) -> list[tuple[str, HandlesSpec]]:
             problem = _signature_error(func, ("ctx", "data"))
             if problem:
                 raise PluginError(f"{where}: handler {problem}")
-            _check_model(where, "schema", spec.schema)
+            if isinstance(spec.schema, type) or not callable(spec.schema):
+                _check_model(where, "schema", spec.schema)  # else a function of the config
             found.append((attr, spec))
     return found
 
@@ -225,14 +284,25 @@ def _check_class(cls: type[Plugin]) -> list[tuple[str, HandlesSpec]]:
         _check_type(f"plugin {cls.name!r}, emits", type_)
         _check_model(f"plugin {cls.name!r}, emitted type {type_!r}", "its model", schema)
     _check_model(f"plugin {cls.name!r}", "Config", cls.Config)
+    if not isinstance(cls.errors, Mapping):
+        raise PluginError(f"plugin {cls.name!r}: 'errors' must be a dict of code -> description, "
+                          f"got {cls.errors!r}")
+    for code, text in cls.errors.items():
+        if not isinstance(code, str) or not _ERROR_CODE.fullmatch(code) or not isinstance(text, str):
+            raise PluginError(f"plugin {cls.name!r}: error code {code!r} must be UPPER_SNAKE_CASE "
+                              "with a description")
     return _handlers_of(cls)
+
+
+def _noun(what: str) -> str:
+    return what if what == "error code" else f"{what} type"
 
 
 def _claim(owners: dict[str, str], reserved: Iterable[str], type_: str, plugin: str, what: str) -> None:
     if type_ in reserved:
-        raise PluginError(f"plugin {plugin!r}: {what} type {type_!r} is reserved by the core")
+        raise PluginError(f"plugin {plugin!r}: {_noun(what)} {type_!r} is reserved by the core")
     if type_ in owners:
-        raise PluginError(f"{what} type {type_!r} is claimed twice: by plugin {owners[type_]!r} "
+        raise PluginError(f"{_noun(what)} {type_!r} is claimed twice: by plugin {owners[type_]!r} "
                           f"and by plugin {plugin!r}")
     owners[type_] = plugin
 
@@ -241,6 +311,7 @@ def check_classes(classes: list[type[Plugin]]) -> dict[str, list[tuple[str, Hand
     """Check every class and that no type is claimed twice; handlers by plugin name."""
     handles: dict[str, str] = {}
     emits: dict[str, str] = {}
+    errors: dict[str, str] = {}
     out: dict[str, list[tuple[str, HandlesSpec]]] = {}
     for cls in classes:
         if cls.name in out:
@@ -250,6 +321,8 @@ def check_classes(classes: list[type[Plugin]]) -> dict[str, list[tuple[str, Hand
             _claim(handles, CORE_TYPES, spec.type, cls.name, "client")
         for type_ in cls.emits:
             _claim(emits, CORE_EMITS, type_, cls.name, "server")
+        for code in cls.errors:
+            _claim(errors, ERROR_CODES, code, cls.name, "error code")
     return out
 
 
@@ -276,13 +349,16 @@ class Registry:
     def __init__(self, plugins: list[Plugin]) -> None:
         self.plugins = plugins
         self.handlers: dict[str, Handler] = {}
+        #: server-to-client type -> the plugin that emits it
+        self.emitters: dict[str, Plugin[Any]] = {}
         self.stages: list[Stage] = []
         declared = check_classes([type(p) for p in plugins])
         for plugin in plugins:
             for attr, spec in declared[plugin.name]:
                 self.handlers[spec.type] = Handler(spec.type, plugin, getattr(plugin, attr),
-                                                   spec.schema, spec.description)
+                                                   _schema_for(plugin, spec), spec.description)
             self.stages.extend(_stages_of(plugin))
+            self.emitters.update(dict.fromkeys(type(plugin).emits, plugin))
 
     @classmethod
     def classes(cls, config: Config) -> list[tuple[type[Plugin], Any]]:
@@ -302,7 +378,7 @@ class Registry:
         return out
 
     @classmethod
-    def create(cls, config: Config, node: "Node") -> "Registry":
+    def create(cls, config: Config, node: NodeAPI) -> "Registry":
         """Load, check and instantiate the enabled plugins."""
         plugins: list[Plugin] = []
         for plugin_cls, section in cls.classes(config):
@@ -342,8 +418,21 @@ class Registry:
         for plugin in self.plugins:
             for type_, schema in sorted(type(plugin).emits.items()):
                 out.append(_entry(type_, plugin.name, "server_to_client", schema,
-                                  (schema.__doc__ or "").strip() if schema else ""))
+                                  clean_doc(schema.__doc__) if schema else ""))
         return out
+
+    def error_codes(self) -> list[dict[str, str]]:
+        """The core's error codes and every enabled plugin's, with who declares each."""
+        out = [{"code": c, "plugin": "core", "description": d} for c, d in ERROR_CODES.items()]
+        for plugin in self.plugins:
+            out += [{"code": c, "plugin": plugin.name, "description": d}
+                    for c, d in type(plugin).errors.items()]
+        return out
+
+    def catalogue(self) -> dict[str, Any]:
+        """``GET /api/protocol``: message types, error codes and close codes."""
+        return {"types": self.describe(), "error_codes": self.error_codes(),
+                "close_codes": close_catalogue()}
 
 
 async def _shutdown(plugins: list[Plugin]) -> None:

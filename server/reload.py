@@ -19,12 +19,12 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
-from .config import Config, KeyPath, LoggingConfig, load_config
+from .config import Config, KeyPath, LoggingConfig
 from .errors import ConfigError, PluginError
 from .log import set_level
 from .http.guards import UpgradeGuard
 from .pipeline import Pipeline, build_pipeline
-from .registry import Registry
+from .registry import Registry, load
 from .node import Node
 
 log = structlog.get_logger(__name__)
@@ -90,7 +90,7 @@ class Reloader:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _read(self) -> tuple[Config, list[str]]:
-        loaded = load_config(self.node.config_path,
+        loaded = load(self.node.config_path,
                              os.environ if self.env is None else self.env, overrides=self.overrides)
         try:
             Registry.classes(loaded.config)

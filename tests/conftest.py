@@ -3,35 +3,22 @@ WebSocket clients. Plugins are enabled explicitly in each test's config."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from typing import Any, Awaitable, Callable
 
 import jwt
 import pytest
-from aiohttp import ClientWebSocketResponse, WSMsgType
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.config import Config, load_config
+from server.testing import DEFAULT_TIMEOUT as RECV_TIMEOUT
+from server.testing import TEST_SECRET as SECRET
+from server.testing import SwitchboardClient
+from server.testing import build_config as make_config
+from server.testing import merge as _merge
 
-SECRET = "test-secret-0123456789abcdef0123456789"
-RECV_TIMEOUT = 5.0
-
-
-def make_config(overrides: dict[str, Any] | None = None) -> Config:
-    base: dict[str, Any] = {"auth": {"secret": SECRET}, "plugins": {"enabled": ["chat"]},
-                            "security": {"connect_rate_per_ip": 0}}
-    merged = _merge(base, overrides or {})
-    return load_config(None, env={}, overrides=merged).config
-
-
-def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    out = dict(a)
-    for k, v in b.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+__all__ = ["RECV_TIMEOUT", "SECRET", "WS", "Connect", "connector", "make_config", "make_token",
+           "_merge"]
 
 
 def make_token(sub: str = "u1", *, username: str | None = None, roles: list[str] | None = None,
@@ -44,65 +31,11 @@ def make_token(sub: str = "u1", *, username: str | None = None, roles: list[str]
     return jwt.encode(body, secret, algorithm="HS256")
 
 
-class WS:
-    """A thin test client over aiohttp's ClientWebSocketResponse with bounded waits."""
+class WS(SwitchboardClient):
+    """server.testing's client (bounded waits); ``request`` drops the frames that come before
+    its reply, as these tests were written for."""
 
-    def __init__(self, ws: ClientWebSocketResponse) -> None:
-        self.ws = ws
-        self.connected: dict[str, Any] | None = None
-
-    async def send(self, type_: str, **fields: Any) -> None:
-        await self.ws.send_str(json.dumps({"type": type_, **fields}))
-
-    async def send_raw(self, text: str) -> None:
-        await self.ws.send_str(text)
-
-    async def recv(self, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
-        msg = await self.ws.receive(timeout=timeout)
-        assert msg.type is WSMsgType.TEXT, f"expected a text frame, got {msg.type} {msg.data!r} {msg.extra!r}"
-        return json.loads(msg.data)
-
-    async def recv_type(self, type_: str, timeout: float = RECV_TIMEOUT) -> dict[str, Any]:
-        """Receive until a frame of ``type_`` arrives (other frames are skipped)."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            assert left > 0, f"no {type_!r} frame within {timeout}s"
-            frame = await self.recv(left)
-            if frame["type"] == type_:
-                return frame
-
-    async def request(self, type_: str, **fields: Any) -> dict[str, Any]:
-        """Send with an id and return the reply carrying ``reply_to`` that id."""
-        fid = f"r{time.monotonic_ns()}"
-        await self.send(type_, id=fid, **fields)
-        while True:
-            frame = await self.recv()
-            if frame.get("reply_to") == fid:
-                return frame
-
-    async def until_pong(self) -> list[dict[str, Any]]:
-        """Ping and return the frames that arrived before the pong: everything the server had
-        queued for this connection by then (frames are answered in order)."""
-        fid = f"marker-{time.monotonic_ns()}"
-        await self.send("ping", id=fid)
-        frames = []
-        while (frame := await self.recv()).get("reply_to") != fid:
-            frames.append(frame)
-        return frames
-
-    async def closed(self, timeout: float = RECV_TIMEOUT) -> int | None:
-        """Read until the server closes; return the close code."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while True:
-            left = deadline - asyncio.get_running_loop().time()
-            assert left > 0, "server did not close the connection in time"
-            msg = await self.ws.receive(timeout=left)
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
-                return self.ws.close_code
-
-    async def close(self) -> None:
-        await self.ws.close()
+    keep_frames_before_reply = False
 
 
 Connect = Callable[..., Awaitable[WS]]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
 from server.plugin_api import (
     BaseModel,
@@ -13,8 +13,12 @@ from server.plugin_api import (
     Context,
     Envelope,
     ErrorCode,
+    Field,
     MessageRejected,
+    NodeAPI,
     Plugin,
+    PluginConfig,
+    create_model,
     handles,
 )
 
@@ -161,3 +165,53 @@ class NotAPlugin:
 
 class Nameless(Plugin):
     pass
+
+
+# --- a reactions plugin written against the plugin API alone (docs/plugins.md) -------------------
+class ReactionsConfig(PluginConfig):
+    allowed: list[str] = ["+1", "heart"]
+
+
+def reaction_schema(config: ReactionsConfig) -> type[BaseModel]:
+    """The allowed emoji come from the config: an enum in /api/protocol."""
+    emoji = Literal[tuple(config.allowed)]  # type: ignore[valid-type]
+    return create_model("ReactionData", emoji=(emoji, ...),
+                        message_id=(str, Field(min_length=1)))
+
+
+class Reactions(Plugin[ReactionsConfig]):
+    name = "reactions"
+    Config = ReactionsConfig
+    emits = {"reaction": None}
+    errors = {"REACTION_DUPLICATE": "you already reacted to that message with that emoji"}
+
+    def __init__(self, config: ReactionsConfig, node: NodeAPI) -> None:
+        super().__init__(config, node)
+        self.room_events: list[tuple[str, str]] = []
+
+    @handles("reaction.add", schema=reaction_schema)
+    async def add(self, ctx: Context[ReactionsConfig], data: Any) -> None:
+        """React to a message of a room you are in.
+
+            ``data.emoji`` is one of the configured ones; see :class:`ReactionsConfig`.
+        """
+        room = ctx.room
+        if room is None or room not in ctx.conn.rooms:
+            raise MessageRejected(ErrorCode.NOT_IN_ROOM, "join the room first")
+        if await self.node.room_message(room, data.message_id) is None:
+            raise MessageRejected(ErrorCode.NOT_FOUND, "no such message",
+                                  details={"message_id": data.message_id})
+        field = f"{ctx.user.id}:{data.emoji}"
+        if await self.store.hash_get(f"{room}:{data.message_id}", field) is not None:
+            raise MessageRejected("REACTION_DUPLICATE", "already reacted",
+                                  details={"message_id": data.message_id, "emoji": data.emoji})
+        await self.store.hash_set(f"{room}:{data.message_id}", field, True)
+        await ctx.send_to_room(room, "reaction", {"message_id": data.message_id,
+                                                  "emoji": data.emoji})
+        await ctx.ack()
+
+    async def on_room_created(self, room: str) -> None:
+        self.room_events.append(("created", room))
+
+    async def on_room_deleted(self, room: str) -> None:
+        self.room_events.append(("deleted", room))

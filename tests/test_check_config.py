@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 SECRETS = {"JWT_SECRET": "s" * 48, "REDIS_URL": "redis://:hunter2@redis.internal:6379/0"}
 
@@ -123,6 +125,18 @@ def test_unknown_keys_warn_and_strict_makes_them_fatal(tmp_path: Path) -> None:
         "  warning: server.prot: unknown key (did you mean 'port'?)",
         "  warning: rate_limit.per_type.typing.bursts: unknown key (did you mean 'burst'?)",
     ]
+
+
+def test_unknown_keys_in_a_plugin_section_warn_and_fail_strict(tmp_path: Path) -> None:
+    path = write(tmp_path, "plugins:\n  enabled: [chat]\n  chat: {bogus: 1}\n")
+    lenient = check(path)
+    assert lenient.returncode == 0, lenient.stdout
+    assert lenient.stdout.splitlines()[:2] == [f"{path}: valid, 1 warning",
+                                               "  warning: plugins.chat.bogus: unknown key"]
+    strict = check(path, "--strict")
+    assert strict.returncode == 1
+    assert strict.stdout.splitlines() == [f"{path}: INVALID, 1 warning (fatal under --strict)",
+                                          "  warning: plugins.chat.bogus: unknown key"]
 
 
 def test_yaml_syntax_error_names_line_and_column(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
-"""The config loader (``server/config.py``): every class of error with its key path, warnings
-for unknown keys, environment overrides, and the shipped files (``websocket.yaml`` documents
-every option; ``config/*.yaml`` are valid). The CLI around it is tests/test_check_config.py."""
+"""The config loader (``server/config/``): every class of error with its key path, warnings
+for unknown keys, environment overrides, plugin sections, and the shipped files
+(``websocket.yaml`` documents every option; ``config/*.yaml`` are valid). The CLI around it is
+tests/test_check_config.py."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ from typing import Any, Iterator, Union, get_args, get_origin
 
 import pytest
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PositiveInt, ValidationError
 
-from server.config import DEV_SECRET, Config, LoadedConfig, load_config, validation_messages
-from server.errors import ConfigError
+from server.config import (DEV_SECRET, Config, LoadedConfig, PresenceConfig, load_config,
+                           validation_messages)
+from server.errors import ConfigError, PluginError
 from server.plugin_api import PluginConfig
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -491,3 +493,209 @@ def test_env_under_a_section_that_is_not_a_mapping(tmp_path: Path) -> None:
     env = {"WS_SERVER_PORT": "9000", "REDIS_URL": "redis://r"}
     assert errors(tmp_path, "server: 5\nbackend: {redis: oops}\n", env) == [
         "server: must be a mapping, got 5", "backend.redis: must be a mapping, got 'oops'"]
+
+
+# --- plugin sections (load_config(plugin_sections=...)) -------------------------------------
+class PollOptions(PluginConfig):
+    """A third-party plugin's model: PluginConfig forbids unknown keys."""
+    max_options: PositiveInt = 10
+    choices: list[str] = []
+    closes_after: float | None = None
+    anonymous: bool = False
+
+
+class ReceiptOptions(BaseModel):
+    """A built-in plugin that keeps a top-level key, with a model that lets unknown keys pass."""
+    enabled: bool = True
+    delay: float = 1.0
+    rooms: list[str] = []
+
+
+#: plugin name -> its section and model, as the registry would answer for the enabled ones;
+#: presence is claimed with the core's own model, as while a built-in moves out of the core
+SECTIONS: dict[str, tuple[tuple[str, ...], type[BaseModel] | None]] = {
+    "poll": (("plugins", "poll"), PollOptions),
+    "chat": (("plugins", "chat"), None),
+    "receipts": (("receipts",), ReceiptOptions),
+    "presence": (("presence",), PresenceConfig),
+}
+ALL = ["chat", "poll", "receipts", "presence"]
+
+
+def sections(enabled: list[str]) -> dict[tuple[str, ...], type[BaseModel] | None]:
+    return dict(SECTIONS[name] for name in enabled if name in SECTIONS)
+
+
+def load_plugins(tmp_path: Path, text: str, env: dict[str, str] | None = None,
+                 enabled: list[str] = ALL) -> LoadedConfig:
+    path = tmp_path / "websocket.yaml"
+    path.write_text(textwrap.dedent(text), encoding="utf-8")
+    return load_config(path, env=env or {}, overrides={"plugins": {"enabled": enabled}},
+                       plugin_sections=sections)
+
+
+def plugin_errors(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        load_plugins(tmp_path, text, env)
+    return info.value
+
+
+def test_the_hook_gets_plugins_enabled_after_every_layer(tmp_path: Path) -> None:
+    seen: list[list[str]] = []
+
+    def record(enabled: list[str]) -> dict[tuple[str, ...], type[BaseModel] | None]:
+        seen.append(enabled)
+        return sections(enabled)
+
+    path = tmp_path / "websocket.yaml"
+    path.write_text("plugins: {enabled: [chat, poll]}\n", encoding="utf-8")
+    load_config(None, env={}, plugin_sections=record)
+    load_config(path, env={}, plugin_sections=record)
+    load_config(path, env={"WS_PLUGINS_ENABLED": "chat, receipts"}, plugin_sections=record)
+    load_config(path, env={"WS_PLUGINS_ENABLED": "chat"}, overrides={"plugins": {"enabled": ["poll"]}},
+                plugin_sections=record)
+    assert seen == [["chat", "typing", "presence", "notification"], ["chat", "poll"],
+                    ["chat", "receipts"], ["poll"]]
+    path.write_text("plugins: {enabled: chat}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={}, plugin_sections=record)
+    assert info.value.errors == ["plugins.enabled: must be a list, got 'chat'"]
+    assert len(seen) == 4  # not asked about a list that is not one
+
+
+def test_validated_plugin_sections_are_kept_in_the_config(tmp_path: Path) -> None:
+    config = load_plugins(tmp_path, """\
+        plugins:
+          poll: {max_options: 5, choices: [red, blue]}
+          chat:
+        receipts: {delay: 0.5}
+        """).config
+    poll = config.plugin_config(("plugins", "poll"))
+    assert poll == PollOptions(max_options=5, choices=["red", "blue"])
+    with pytest.raises(ValidationError):
+        poll.max_options = 6  # type: ignore[union-attr]  # frozen
+    assert config.plugin_config(("plugins", "chat")) == {}  # no model: the mapping as written
+    assert config.plugin_config(("receipts",)) == ReceiptOptions(delay=0.5)
+    assert config.plugin_config(("presence",)) == PresenceConfig()
+    assert config.plugin_paths == (("plugins", "chat"), ("plugins", "poll"), ("receipts",), ("presence",))
+    with pytest.raises(KeyError, match="plugins.typing: no plugin section loaded there"):
+        config.plugin_config(("plugins", "typing"))
+    # without the hook the loader is what it always was: nothing claimed, nothing kept
+    plain = load_config(None, env={}).config
+    assert plain.plugin_paths == () and plain == Config()
+    with pytest.raises(KeyError):
+        plain.plugin_config(("plugins", "poll"))
+
+
+def test_plugin_section_errors_name_their_key_path(tmp_path: Path) -> None:
+    error = plugin_errors(tmp_path, """\
+        server: {port: -1}
+        plugins:
+          poll: {max_options: 0, choices: many, anonymous: perhaps}
+        receipts: {delay: soon}
+        """)
+    assert error.errors == [
+        "server.port: must be zero or more, got -1",
+        "plugins.poll.max_options: must be a positive integer, got 0",
+        "plugins.poll.choices: must be a list, got 'many'",
+        "plugins.poll.anonymous: must be true or false, got 'perhaps'",
+        "receipts.delay: must be a number, got 'soon'",
+    ]
+    error = plugin_errors(tmp_path, "plugins: {poll: 5}\nreceipts: [1]\n")
+    assert error.errors == ["plugins.poll: must be a mapping (the plugin's options), got 5",
+                            "receipts: must be a mapping (the plugin's options), got [1]"]
+
+
+def test_unknown_plugin_keys_are_warnings_with_a_did_you_mean(tmp_path: Path) -> None:
+    text = """\
+        plugins:
+          chat: {bogus: 1}
+        receipts: {delya: 2, rooms: [general]}
+        presence: {grace_perid: 3}
+        """
+    loaded = load_plugins(tmp_path, text)
+    assert loaded.warnings == [
+        "plugins.chat.bogus: unknown key",
+        "receipts.delya: unknown key (did you mean 'delay'?)",
+        "presence.grace_perid: unknown key (did you mean 'grace_period'?)",
+    ]  # and receipts, claimed by a plugin, is not an unknown section
+    assert loaded.config.plugin_config(("receipts",)) == ReceiptOptions(rooms=["general"])
+    # the same file without the hook: receipts is unknown, plugins.chat is not looked into
+    assert load(tmp_path, text).warnings == [
+        "receipts: unknown section", "presence.grace_perid: unknown key (did you mean 'grace_period'?)"]
+
+
+def test_a_model_that_forbids_unknown_keys_makes_them_errors_with_a_did_you_mean(tmp_path: Path) -> None:
+    error = plugin_errors(tmp_path, "plugins:\n  poll: {max_optons: 5, colour: red}\n")
+    assert error.errors == ["plugins.poll.max_optons: unknown key (did you mean 'max_options'?)",
+                            "plugins.poll.colour: unknown key"]
+    assert error.warnings == []  # an error, not also a warning
+
+
+def test_a_section_checked_by_the_core_and_a_plugin_reports_each_problem_once(tmp_path: Path) -> None:
+    error = plugin_errors(tmp_path, "presence: {grace_period: -1, grace_perid: 2}\n")
+    assert error.errors == ["presence.grace_period: must be zero or more, got -1"]
+    assert error.warnings == ["presence.grace_perid: unknown key (did you mean 'grace_period'?)"]
+
+
+def test_plugin_variables_are_read_with_the_models_types(tmp_path: Path) -> None:
+    env = {"WS_PLUGINS_POLL_CHOICES": "yes, no ,maybe", "WS_PLUGINS_POLL_MAX_OPTIONS": "5",
+           "WS_PLUGINS_POLL_ANONYMOUS": "true", "WS_PLUGINS_POLL_CLOSES_AFTER": "2.5",
+           "WS_RECEIPTS_ROOMS": "[general, support]", "WS_RECEIPTS_DELAY": "0.25",
+           "WS_PRESENCE_GRACE_PERIOD": "9"}
+    loaded = load_plugins(tmp_path, "plugins:\n  poll: {max_options: 3}\n", env)
+    config = loaded.config
+    assert config.plugin_config(("plugins", "poll")) == PollOptions(
+        max_options=5, choices=["yes", "no", "maybe"], anonymous=True, closes_after=2.5)
+    assert config.plugin_config(("receipts",)) == ReceiptOptions(rooms=["general", "support"], delay=0.25)
+    assert config.plugin_config(("presence",)) == PresenceConfig(grace_period=9)
+    assert loaded.env == sorted(env) and loaded.warnings == []
+    # an empty list variable is the empty list, an empty optional number is YAML's null
+    config = load_plugins(tmp_path, "plugins:\n  poll: {choices: [a], closes_after: 3}\n",
+                          {"WS_PLUGINS_POLL_CHOICES": "", "WS_PLUGINS_POLL_CLOSES_AFTER": ""}).config
+    assert config.plugin_config(("plugins", "poll")) == PollOptions()
+
+
+def test_a_bad_plugin_variable_names_the_variable(tmp_path: Path) -> None:
+    error = plugin_errors(tmp_path, "", {"WS_PLUGINS_POLL_MAX_OPTIONS": "0", "WS_RECEIPTS_DELAY": "soon",
+                                         "WS_PLUGINS_POLL_CHOICES": "[a, [b]]"})
+    assert error.errors == [
+        "plugins.poll.max_options: must be a positive integer, got 0 (from WS_PLUGINS_POLL_MAX_OPTIONS)",
+        "plugins.poll.choices[1]: must be a string, got ['b'] (from WS_PLUGINS_POLL_CHOICES)",
+        "receipts.delay: must be a number, got 'soon' (from WS_RECEIPTS_DELAY)",
+    ]
+
+
+def test_plugin_variables_that_match_no_key_are_warnings(tmp_path: Path) -> None:
+    loaded = load_plugins(tmp_path, "", {"WS_PLUGINS_POLL_MAX_OPTIONZ": "3", "WS_PLUGINS_CHAT_HISTORY": "5",
+                                         "WS_RECEIPTS_NOPE": "1", "WS_PLUGINS_ECHO_PREFIX": "2"})
+    assert loaded.warnings == [
+        "WS_PLUGINS_CHAT_HISTORY: environment variable matches no setting (plugins.chat takes no options)",
+        # no enabled plugin claims plugins.echo
+        "WS_PLUGINS_ECHO_PREFIX: environment variable matches no setting (the form is WS_<SECTION>_<KEY>)",
+        "WS_PLUGINS_POLL_MAX_OPTIONZ: environment variable matches no setting "
+        "(did you mean WS_PLUGINS_POLL_MAX_OPTIONS?)",
+        "WS_RECEIPTS_NOPE: environment variable matches no setting (receipts has no key 'nope')",
+    ]
+    assert loaded.env == []
+    assert loaded.config.plugin_config(("plugins", "poll")) == PollOptions()
+
+
+def test_overrides_beat_plugin_variables(tmp_path: Path) -> None:
+    loaded = load_config(None, env={"WS_PLUGINS_POLL_MAX_OPTIONS": "5", "WS_PLUGINS_POLL_CHOICES": "a,b"},
+                         overrides={"plugins": {"enabled": ["poll"], "poll": {"max_options": 7}}},
+                         plugin_sections=sections)
+    assert loaded.config.plugin_config(("plugins", "poll")) == PollOptions(max_options=7, choices=["a", "b"])
+    assert loaded.env == ["WS_PLUGINS_POLL_CHOICES"]
+
+
+def test_a_hook_that_cannot_tell_is_reported_with_the_other_errors(tmp_path: Path) -> None:
+    def broken(enabled: list[str]) -> dict[tuple[str, ...], type[BaseModel] | None]:
+        raise PluginError("plugins.enabled: unknown plugin 'nosuch' (installed: chat)")
+
+    path = tmp_path / "websocket.yaml"
+    path.write_text("rate_limit: {burst: -3}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, env={}, plugin_sections=broken)
+    assert info.value.errors == ["plugins.enabled: unknown plugin 'nosuch' (installed: chat)",
+                                 "rate_limit.burst: must be a positive integer, got -3"]

@@ -52,7 +52,7 @@ def sizes(app: web.Application) -> dict[str, int]:
         "last_seen": len(backend.presence._last_seen),  # type: ignore[attr-defined]
         "history streams": len(backend.history._streams._streams),  # type: ignore[attr-defined]
         "inbox streams": len(backend.inbox._streams._streams),  # type: ignore[attr-defined]
-        "notified users": len(backend.notifications._users),  # type: ignore[attr-defined]
+        "plugin store keys": len(backend._store),  # type: ignore[attr-defined]
         "presence timers": len(plugins["presence"]._departures),  # type: ignore[attr-defined]
         "typing indicators": len(plugins["typing"]._active),  # type: ignore[attr-defined]
         "typing tasks": len(plugins["typing"]._tasks),  # type: ignore[attr-defined]
@@ -102,7 +102,7 @@ async def test_users_and_rooms_that_are_gone_leave_nothing_behind(make_server: A
     await until(lambda: sizes(app)["hub connections"] == 0)
     left = sizes(app)  # what stays on purpose until the TTLs, and the users' last_seen
     assert left["hub connections"] == 0
-    assert (left["history streams"], left["inbox streams"], left["notified users"],
+    assert (left["history streams"], left["inbox streams"], left["plugin store keys"],
             left["last_seen"]) == (ROOMS, USERS, USERS, USERS + 1), left
 
     await until(lambda: sizes(app) == baseline)
@@ -122,10 +122,10 @@ async def test_a_read_notification_is_dropped_at_once(make_server: Any) -> None:
     admin, reader = await connect("admin", roles=["admin"]), await connect("reader")
     await admin.request("notification", to="reader", data={"notification_type": "ping"})
     note = await reader.recv_type("notification")
-    store = client.app[NODE].backend.notifications
-    assert list(store._users) == ["reader"]  # type: ignore[attr-defined]
+    store = client.app[NODE].backend._store  # type: ignore[attr-defined]  # every plugin's keys
+    assert list(store.keys) == [("notification", "unread:reader")]
     assert (await reader.request("notification.read", data={"ids": [note["id"]]}))["data"] == {"read": 1}
-    assert store._users == {}  # type: ignore[attr-defined]
+    assert store.keys == {}
     assert (await reader.request("notification.read", data={"ids": [note["id"]]}))["data"] == {"read": 0}
 
 

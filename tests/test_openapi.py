@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 from pydantic import BaseModel
 
 from server.app import create_app
-from server.http.openapi import Caller, Routes, describe, document, route_path
+from server.http.openapi import describe, document, route_path
+from server.http.routes import Caller, Routes
 from tests.conftest import make_config, make_token
 from tests.proc import start_server
 

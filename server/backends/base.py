@@ -8,7 +8,7 @@ the broker, which hands it to every node (this one included) through ``Deliver``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Literal, Protocol
+from typing import Any, Callable, Literal, Protocol
 
 TargetKind = Literal["room", "user", "all"]
 
@@ -216,28 +216,54 @@ class Backend(Protocol):
     presence: PresenceStore
     history: History
     inbox: Inbox
-    notifications: NotificationStore
+
+    def store(self, namespace: str) -> "Store":
+        """The generic store of one namespace (a plugin's name): what it keeps there is shared
+        by every node of the backend and apart from every other namespace."""
+        ...
 
     async def start(self, deliver: Deliver) -> None: ...
     async def close(self) -> None: ...
     async def ping(self) -> bool: ...
 
 
-MaybeAwaitable = Awaitable[None] | None
+class Store(Protocol):
+    """A plugin's own storage, one namespace of the backend (``Backend.store(name)``), shared by
+    every node: plain values, hashes (field -> value) and streams (entries appended in order,
+    each with an id), each kept under a key. Values are anything JSON can hold.
 
+    ``ttl`` is in seconds, 0 for no expiry. A value's or a hash's ``ttl`` counts from the last
+    write that gave one. A stream's ``ttl`` applies to each entry: an entry is dropped ``ttl``
+    seconds after it was added; ``maxlen`` keeps only the newest entries. Stream ids are
+    ``<milliseconds>-<sequence>`` strings that grow within a key; compare them with
+    :func:`stream_id_key`, not as text. The Redis backend maps these onto Redis strings,
+    hashes and streams (XADD with MAXLEN and MINID)."""
 
-class NotificationStore(Protocol):
-    """Each user's unread notifications, oldest first, at most ``size`` of them (the oldest go
-    first), each for ``ttl`` seconds or until marked read, when it is dropped. A notification
-    is the frame that was delivered (a dict with at least ``id``); the store gives it back as
-    it was added."""
-
-    async def add(self, user_id: str, notification: dict[str, Any], *, size: int,
-                  ttl: float) -> None: ...
-    async def unread(self, user_id: str) -> list[dict[str, Any]]:
-        """The user's unread notifications, oldest first."""
+    async def get(self, key: str) -> Any | None: ...
+    async def set(self, key: str, value: Any, *, ttl: float = 0.0) -> None: ...
+    async def delete(self, key: str) -> bool:
+        """Forget ``key`` whatever it holds; True when it held something."""
         ...
-    async def mark_read(self, user_id: str, ids: list[str]) -> int:
-        """Mark those of ``ids`` the user has as read; returns how many of them were unread
-        (unknown, expired and already read ids count for nothing)."""
+    async def hash_get(self, key: str, field: str) -> Any | None: ...
+    async def hash_set(self, key: str, field: str, value: Any, *, ttl: float = 0.0) -> None: ...
+    async def hash_all(self, key: str) -> dict[str, Any]: ...
+    async def hash_delete(self, key: str, *fields: str) -> int:
+        """Remove ``fields``; returns how many were there."""
         ...
+    async def stream_add(self, key: str, value: Any, *, maxlen: int, ttl: float = 0.0) -> str:
+        """Append ``value``; returns its entry id."""
+        ...
+    async def stream_read(self, key: str, *, after: str | None = None,
+                          limit: int = 100) -> list[tuple[str, Any]]:
+        """Live entries oldest first, those after entry id ``after`` when given, at most
+        ``limit``."""
+        ...
+    async def stream_delete(self, key: str, ids: list[str]) -> int:
+        """Remove the entries with those ids; returns how many were there."""
+        ...
+
+
+def stream_id_key(entry_id: str) -> tuple[int, int]:
+    """``"<ms>-<seq>"`` as a pair that sorts in stream order."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

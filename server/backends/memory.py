@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from ..config import Config
+from .memory_store import MemoryStore, MemoryStoreData
 from .base import (DEFAULT_ROUTE, Deliver, HistoryPage, RoomInfo, Route, TargetKind,
                    UserPresence)
 
@@ -373,50 +374,6 @@ class MemoryInbox:
         self._streams.sweep(now)
 
 
-class MemoryNotificationStore:
-    """Each user's unread notifications, oldest first, with the time each expires. A read one
-    is dropped at once: nothing reads it again."""
-
-    def __init__(self) -> None:
-        self._users: dict[str, dict[str, tuple[float, dict[str, Any]]]] = {}
-
-    async def add(self, user_id: str, notification: dict[str, Any], *, size: int,
-                  ttl: float) -> None:
-        notes = self._users.setdefault(user_id, {})
-        notes[notification["id"]] = (time.time() + ttl, notification)
-        while len(notes) > size:
-            del notes[next(iter(notes))]
-
-    async def unread(self, user_id: str) -> list[dict[str, Any]]:
-        now = time.time()
-        return [note for expires, note in self._users.get(user_id, {}).values() if expires > now]
-
-    async def mark_read(self, user_id: str, ids: list[str]) -> int:
-        notes = self._users.get(user_id)
-        if notes is None:
-            return 0
-        now = time.time()
-        marked = 0
-        for nid in ids:
-            entry = notes.pop(nid, None)
-            if entry is not None and entry[0] > now:
-                marked += 1
-        if not notes:
-            del self._users[user_id]
-        return marked
-
-    def sweep(self, now: float) -> None:
-        """Drop the expired notifications (from each user's oldest; a user's ttl is the same
-        for all of theirs) and the users left with none."""
-        users = self._users
-        for user_id in list(users):
-            notes = users[user_id]
-            for nid in [n for n, _ in itertools.takewhile(lambda e: e[1][0] <= now, notes.items())]:
-                del notes[nid]
-            if not notes:
-                del users[user_id]
-
-
 class MemoryBackend:
     """``config`` gives the sweep's interval and ``presence.last_seen_ttl``, read once."""
 
@@ -429,7 +386,7 @@ class MemoryBackend:
         self.presence = MemoryPresenceStore(config.presence.last_seen_ttl)
         self.history = MemoryHistory(epoch)
         self.inbox = MemoryInbox(epoch)
-        self.notifications = MemoryNotificationStore()
+        self._store = MemoryStoreData()
         self._sweep_interval = config.backend.sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -447,9 +404,12 @@ class MemoryBackend:
     async def ping(self) -> bool:
         return True
 
+    def store(self, namespace: str) -> MemoryStore:
+        return MemoryStore(self._store, namespace)
+
     def sweep(self, now: float) -> None:
         """Release what expired by ``now`` (Unix seconds) in every store."""
-        for store in (self.history, self.inbox, self.presence, self.notifications):
+        for store in (self.history, self.inbox, self.presence, self._store):
             store.sweep(now)
 
     async def _sweep_every(self) -> None:

@@ -7,7 +7,7 @@
 4. the stages here: rate limit, content length, filter, then the plugins' own stages;
 5. dispatch: the type's permission (``FORBIDDEN``), then its handler.
 
-Steps 1-3 and 5 live in ``ws.py``. Frames refused at steps 2-3, and binary frames, are
+Steps 1-3 and 5 live in ``frames.py``. Frames refused at steps 2-3, and binary frames, are
 invalid: ``messages.max_invalid_frames`` of them within ``messages.invalid_frames_window``
 seconds close the connection with 4501.
 """

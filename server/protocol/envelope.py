@@ -199,10 +199,12 @@ def _default(obj: Any) -> Any:
 
 
 def error_frame(code: str, message: str, *, reply_to: str | None = None,
-                retry_after: float | None = None) -> bytes:
+                retry_after: float | None = None, details: dict[str, Any] | None = None) -> bytes:
     data: dict[str, Any] = {"code": code, "message": message}
     if retry_after is not None:
         data["retry_after"] = round(retry_after, 3)
+    if details is not None:
+        data["details"] = details
     return encode(frame("error", data, reply_to=reply_to))
 
 

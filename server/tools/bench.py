@@ -11,125 +11,30 @@ its own. Every message carries its sender, sequence number and send time (monoto
 shared by the processes of one machine), so each delivery is timed and counted: a delivery
 expected (one per other member of the room, for each message the server did not refuse) that
 never came is lost. Refusals (``error`` frames), unexpected closes and refused handshakes are
-failures, by reason. When the server listens on this machine its RSS is sampled.
+failures, by reason. When the server listens on this machine its RSS is sampled
+(``bench_meter.py``). The options and the command are in ``bench_cli.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import os
-import resource
 import secrets
-import signal
-import sys
 import time
-from array import array
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Self
 
 import orjson
-from yarl import URL
 
-from .bench_report import render, summary
+from .bench_meter import Meter, RssSampler
+from .bench_model import Params, Results
 from .bench_ws import TEXT, BenchSocket, HandshakeError, connect
 from .client import describe_failure
+from .options import Minter
 
 TESTS = ("storm", "throughput", "fanout", "sustained")
 CONNECT_TIMEOUT = 15.0
 SYNC_TIMEOUT = 30.0
-Minter = Callable[..., str]
-
-
-@dataclass(frozen=True, slots=True)
-class Params:
-    url: str
-    connections: int
-    messages: int
-    duration: float
-    max_concurrent: int
-    interval: float  # seconds
-    rooms: int
-    payload_bytes: int
-    drain_timeout: float
-    max_errors: int
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace, url: str) -> Params:
-        checks = [("--connections", args.connections, 1), ("--messages", args.messages, 1),
-                  ("--max-concurrent", args.max_concurrent, 1), ("--rooms", args.rooms, 1),
-                  ("--payload-bytes", args.payload_bytes, 0), ("--max-errors", args.max_errors, 0)]
-        for flag, value, low in checks:
-            if value < low:
-                raise ValueError(f"{flag} must be at least {low}, got {value}")
-        for flag, value in (("--duration", args.duration), ("--drain-timeout", args.drain_timeout)):
-            if not value > 0:
-                raise ValueError(f"{flag} must be greater than 0, got {value}")
-        if not args.message_interval >= 0:
-            raise ValueError(f"--message-interval must be 0 or more, got {args.message_interval}")
-        if args.message_interval == 0 and args.test_type in ("sustained", "all"):
-            raise ValueError("--message-interval must be greater than 0 for the sustained test")
-        if args.rooms > args.connections:
-            raise ValueError(f"--rooms ({args.rooms}) cannot exceed --connections ({args.connections})")
-        return cls(url, args.connections, args.messages, args.duration, args.max_concurrent,
-                   args.message_interval / 1000, args.rooms, args.payload_bytes,
-                   args.drain_timeout, args.max_errors)
-
-
-class Results:
-    """What one test measured."""
-
-    def __init__(self, name: str, attempted: int) -> None:
-        self.name = name
-        self.attempted = attempted
-        self.opened = 0
-        self.connect_ms = array("d")
-        self.connect_seconds = 0.0
-        self.failures: Counter[str] = Counter()
-        self.sent = 0
-        self.acked = 0
-        self.expected = 0
-        self.delivered = 0
-        self.latency_ms = array("d")
-        #: deliveries still due per message key (negative: duplicates)
-        self.due: dict[int, int] = {}
-        self.first_send = 0
-        self.last_send = 0
-        self.last_delivery = 0
-        self.elapsed = 0.0
-        #: wall seconds of the measured phase (the handshakes of a storm, the sending and
-        #: draining of the others), and the CPU seconds the generator and the server used in it
-        self.phase = 0.0
-        self.cpu = 0.0
-        self.server_cpu: float | None = None
-        self.rss: dict[str, float] | None = None
-        self.server_pid: int | None = None
-
-    def deliver(self, key: int, sent_ns: int, now_ns: int) -> None:
-        self.delivered += 1
-        self.last_delivery = now_ns
-        self.latency_ms.append((now_ns - sent_ns) / 1e6)
-        due = self.due.get(key)
-        if due is not None:
-            self.due[key] = due - 1
-
-    def refused(self, key: int, code: str) -> None:
-        """The server answered a message with an error: its deliveries are not due."""
-        self.failures[f"error {code}"] += 1
-        due = self.due.pop(key, 0)
-        self.expected -= max(due, 0)
-
-    @property
-    def lost(self) -> int:
-        return sum(d for d in self.due.values() if d > 0)
-
-    @property
-    def duplicates(self) -> int:
-        return -sum(d for d in self.due.values() if d < 0)
-
 
 _MESSAGE = b'{"type":"message"'
 _MARK = b'"b":['
@@ -346,102 +251,6 @@ class Bench:
         return res
 
 
-# --- the server's memory ------------------------------------------------------------------------
-def listener_pid(url: str) -> int | None:
-    """The process listening on ``url``'s port when the host is this machine's loopback."""
-    parsed = URL(url)
-    if parsed.host not in ("127.0.0.1", "localhost", "::1") or parsed.port is None:
-        return None
-    inodes: set[str] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            rows = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            cols = row.split()
-            if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == parsed.port:  # LISTEN
-                inodes.add(f"socket:[{cols[9]}]")
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            if any(os.readlink(fd) in inodes for fd in (proc / "fd").iterdir()):
-                return int(proc.name)
-        except OSError:
-            continue
-    return None
-
-
-def rss_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        return None
-    return None
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User plus system CPU time of a process, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-class Meter:
-    """Wall time, the generator's CPU time and the server's over one phase."""
-
-    def __init__(self, server_pid: int | None) -> None:
-        self.server_pid = server_pid
-        self.started, self.cpu = time.perf_counter(), time.process_time()
-        self.server_cpu = cpu_seconds(server_pid) if server_pid else None
-
-    def wall(self) -> float:
-        return time.perf_counter() - self.started
-
-    def stop(self, res: Results) -> None:
-        res.phase, res.cpu = self.wall(), time.process_time() - self.cpu
-        end = cpu_seconds(self.server_pid) if self.server_pid else None
-        if end is not None and self.server_cpu is not None:
-            res.server_cpu = end - self.server_cpu
-
-
-class RssSampler:
-    """The server's RSS at the start, at its peak (sampled every 0.2 s) and at the end."""
-
-    def __init__(self, pid: int | None) -> None:
-        self.pid = pid
-        self.samples: list[float] = []
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self.pid is not None:
-            self._task = asyncio.get_running_loop().create_task(self._sample())
-
-    async def _sample(self) -> None:
-        assert self.pid is not None
-        while (value := rss_mib(self.pid)) is not None:
-            self.samples.append(value)
-            await asyncio.sleep(0.2)
-
-    async def stop(self) -> dict[str, float] | None:
-        if self._task is None:
-            return None
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
-        end = rss_mib(self.pid) if self.pid is not None else None
-        if end is not None:
-            self.samples.append(end)
-        if not self.samples:
-            return None
-        return {"start": round(self.samples[0], 1), "peak": round(max(self.samples), 1),
-                "end": round(self.samples[-1], 1)}
-
-
 # --- progress --------------------------------------------------------------------------------
 class Progress:
     """A live progress bar on stderr (nothing when stderr is not a terminal)."""
@@ -495,58 +304,3 @@ class Progress:
 
     def task(self, label: str, total: int, done: Callable[[], int]) -> Progress._Task:
         return Progress._Task(self.bar, label, total, done)
-
-
-# --- the command -----------------------------------------------------------------------------
-def _raise_fd_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-async def _start_baseline() -> tuple[asyncio.subprocess.Process, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "server.tools.bench_baseline", "--port", "0",
-        stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
-    assert proc.stdout is not None
-    line = await asyncio.wait_for(proc.stdout.readline(), 20)
-    if not line:
-        raise RuntimeError("the baseline server did not start")
-    return proc, orjson.loads(line)["url"]
-
-
-async def _main(args: argparse.Namespace, params: Params, mint: Minter) -> int:
-    baseline = None
-    if args.baseline:
-        baseline, url = await _start_baseline()
-        params = replace(params, url=url)
-    try:
-        pid = args.server_pid or (baseline.pid if baseline else listener_pid(params.url))
-        names = TESTS if args.test_type == "all" else (args.test_type,)
-        show = not args.no_progress and sys.stderr.isatty()
-        bench = Bench(params, mint, Progress(show), pid)
-        results = []
-        with bench.progress:
-            for name in names:
-                results.append(await bench.run(name))
-    finally:
-        if baseline is not None and baseline.returncode is None:
-            baseline.send_signal(signal.SIGTERM)
-            await baseline.wait()
-    report = summary(params, results, target="baseline" if args.baseline else "switchboard")
-    render(report, json_path=args.json)
-    return int(report["exit_status"])
-
-
-def run(args: argparse.Namespace, url: str, mint: Minter) -> int:
-    try:
-        params = Params.from_args(args, url)
-    except ValueError as exc:
-        print(f"switchboard bench: {exc}", file=sys.stderr)
-        return 2
-    _raise_fd_limit()
-    try:
-        return asyncio.run(_main(args, params, mint))
-    except KeyboardInterrupt:
-        return 130
-

@@ -6,12 +6,11 @@ from __future__ import annotations
 import dataclasses
 import sys
 from array import array
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
-if TYPE_CHECKING:
-    from .bench import Params, Results
+from .bench_model import Params, Results
 
 
 def percentiles(values: array[float], points: tuple[float, ...]) -> list[float] | None:

@@ -1,12 +1,11 @@
-"""``switchboard client``: one WebSocket connection driven by command lines, for people (the
-prompt in ``client_tui.py``) and for scripts (commands from stdin or a file, every received
-frame printed as one JSON line on stdout, notices on stderr).
+"""The client of ``switchboard client``: one WebSocket connection driven by command lines.
 
-Both drive the same :class:`Client`. It turns commands into frames (PROTOCOL §3), keeps the
+:class:`Client` turns commands (:mod:`.client_commands`) into frames (PROTOCOL §3), keeps the
 current room and the last offset seen in each joined room, times ping round trips, and
-reconnects on its own after a close the contract says to retry (PROTOCOL §4), with backoff
-and jitter and a fresh token when it mints its own, re-joining its rooms with ``since`` so
-nothing sent meanwhile is missed.
+reconnects on its own after a close the catalogue says to retry (``server.protocol.codes``,
+PROTOCOL §4), with backoff and jitter and a fresh token when it mints its own, re-joining its
+rooms with ``since`` so nothing sent meanwhile is missed. What it receives goes to an
+:class:`Output`: the terminal UI (``client_tui.py``) or JSON lines (``client_script.py``).
 """
 
 from __future__ import annotations
@@ -15,11 +14,9 @@ import asyncio
 import itertools
 import os
 import random
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -27,46 +24,14 @@ import orjson
 from aiohttp import WSMsgType
 from yarl import URL
 
-HELP: tuple[tuple[str, str], ...] = (
-    ("text <msg>", "send a message to the current room"),
-    ("join <room>", "join a room; it becomes the current room"),
-    ("leave [room]", "leave a room (default: the current one)"),
-    ("to <user> <msg>", "private message to every connection of a user id"),
-    ("typing [on|off]", "typing indicator in the current room (default: on)"),
-    ("presence <status>", "set your status: online, away, busy, offline"),
-    ("notification <user> <title>", "notify a user (roles in permissions.notify)"),
-    ("history [n]", "the current room's last n messages"),
-    ("who", "who is online (GET /api/online)"),
-    ("ping", "round trip to the server in ms"),
-    ("json <frame>", "send a frame exactly as typed"),
-    ("wait <seconds>", "keep receiving for a while, then go on (scripts)"),
-    ("help", "this list"),
-    ("quit", "close the connection and exit (also Ctrl-D)"),
-)
-COMMANDS = tuple(usage.split()[0] for usage, _ in HELP)
+from ..protocol.codes import MAX_BACKOFF, close_action, close_backoff, close_info
+from .client_commands import BUILDERS, HELP, CommandError, Quit, need, number, raw_id
 
-#: a close the contract says not to retry (PROTOCOL §4), besides 4500-4999
-_FINAL_CLOSES = {1000: "normal closure", 1002: "protocol error", 1003: "unsupported data",
-                 1007: "invalid UTF-8", 1009: "frame too big"}
-_CLOSE_MEANING = {1001: "server going away", 1011: "server error", 1013: "server overloaded",
-                  4001: "token expired", 4008: "too slow to read", 4010: "heartbeat timeout",
-                  4013: "rate limited", 4500: "authentication failed",
-                  4501: "too many invalid frames", 4503: "kicked or token revoked",
-                  4507: "forbidden", **_FINAL_CLOSES}
-MAX_BACKOFF = 10.0
 #: seconds a connection must last for the next drop to start the backoff over
 STABLE_AFTER = 5.0
 CONNECT_TIMEOUT = 10.0
 #: how long a close waits for the server's answer (a dead peer must not hold up a reconnect)
 _WS_TIMEOUT = aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0)
-
-
-class CommandError(Exception):
-    """A command line that cannot be run: the message says why."""
-
-
-class Quit(Exception):
-    """``quit`` was typed."""
 
 
 class ConnectError(Exception):
@@ -119,23 +84,26 @@ def describe_failure(exc: BaseException) -> tuple[str, bool]:
     return str(exc) or type(exc).__name__, True
 
 
+def peer_close_code(ws: aiohttp.ClientWebSocketResponse) -> int | None:
+    """The code the server closed with; None when the connection dropped (1006 is never sent)."""
+    return None if ws.close_code in (None, 1006) else ws.close_code
+
+
 def close_text(code: int | None, reason: str = "") -> str:
     if code is None:
         return "connection lost"
-    meaning = reason or _CLOSE_MEANING.get(code, "")
+    info = close_info(code)
+    meaning = reason or (info.meaning if info is not None else "")
     return f"closed {code}" + (f" ({meaning})" if meaning else "")
 
 
 def retry_delay(code: int | None, attempt: int, *, fresh_token: bool) -> float | None:
     """Seconds before reconnect attempt ``attempt`` (from 0) after a close with ``code``, or
-    None when the contract says to stop: 1000, a client error, 4500-4999, or an expired token
-    that cannot be renewed."""
-    if code in _FINAL_CLOSES or (code is not None and 4500 <= code <= 4999):
+    None when the catalogue says to stop, or to get a new token and this client cannot."""
+    action = close_action(code)
+    if action == "stop" or (action == "token" and not fresh_token):
         return None
-    if code == 4001 and not fresh_token:
-        return None
-    base = 2.0 if code == 1013 else 0.25
-    return min(MAX_BACKOFF, base * 2.0 ** attempt) * random.uniform(0.5, 1.0)
+    return min(MAX_BACKOFF, close_backoff(code) * 2.0 ** attempt) * random.uniform(0.5, 1.0)
 
 
 class Output(Protocol):
@@ -235,7 +203,7 @@ class Client:
                 while True:
                     msg = await ws.receive()
                     if msg.type is not WSMsgType.TEXT:
-                        code = ws.close_code
+                        code = peer_close_code(ws)
                         raise ConnectError(
                             f"{self.url}: {close_text(code, str(msg.extra or ''))} before `connected`",
                             retry=retry_delay(code, 0, fresh_token=True) is not None)
@@ -275,7 +243,7 @@ class Client:
             if msg.type is WSMsgType.TEXT:
                 self._received(_decode(msg.data))
             elif msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
-                code = None if ws.close_code in (None, 1006) else ws.close_code
+                code = peer_close_code(ws)
                 reason = str(msg.extra or "") if msg.type is WSMsgType.CLOSE else ""
                 return code, reason
 
@@ -402,14 +370,14 @@ class Client:
                 self.out.notice(f"{usage:<{width}}  {what}")
             return None
         if name == "wait":
-            await asyncio.sleep(_number(rest, "wait <seconds>"))
+            await asyncio.sleep(number(rest, "wait <seconds>"))
             return None
         if name == "who":
             self.out.local("client.who", await self._who())
             return None
         if name == "json":
-            return await self._send(_need(rest, "json <frame>"), "json", _raw_id(rest))
-        build = _BUILDERS.get(name)
+            return await self._send(need(rest, "json <frame>"), "json", raw_id(rest))
+        build = BUILDERS.get(name)
         if build is None:
             raise CommandError(f"unknown command {name!r} (type help)")
         return await self._send(build(self, rest), name)
@@ -441,207 +409,9 @@ class Client:
         return self.room
 
 
-# --- command lines to frames ------------------------------------------------------------------
-def _need(text: str, usage: str) -> str:
-    if not text:
-        raise CommandError(f"usage: {usage}")
-    return text
-
-
-def _number(text: str, usage: str) -> float:
-    try:
-        value = float(_need(text, usage))
-    except ValueError:
-        raise CommandError(f"usage: {usage} (not a number: {text!r})") from None
-    if not 0 <= value < 86400:
-        raise CommandError(f"usage: {usage} (out of range: {text})")
-    return value
-
-
-def _two(text: str, usage: str) -> tuple[str, str]:
-    first, _, rest = text.partition(" ")
-    if not first or not rest.strip():
-        raise CommandError(f"usage: {usage}")
-    return first, rest.strip()
-
-
-def _raw_id(text: str) -> str | None:
-    try:
-        obj = orjson.loads(text)
-    except ValueError:
-        return None
-    fid = obj.get("id") if isinstance(obj, dict) else None
-    return fid if isinstance(fid, str) else None
-
-
-def _text(c: Client, rest: str) -> dict[str, Any]:
-    return {"type": "message", "room": c.current_room(), "data": {"content": _need(rest, "text <msg>")}}
-
-
-def _join(c: Client, rest: str) -> dict[str, Any]:
-    room = _need(rest, "join <room>")
-    offset = c.rooms.get(room)
-    return {"type": "join", "room": room, "data": {} if offset is None else {"since": offset}}
-
-
-def _leave(c: Client, rest: str) -> dict[str, Any]:
-    return {"type": "leave", "room": rest or c.current_room()}
-
-
-def _to(c: Client, rest: str) -> dict[str, Any]:
-    user, content = _two(rest, "to <user> <msg>")
-    return {"type": "message", "to": user, "data": {"content": content}}
-
-
-def _typing(c: Client, rest: str) -> dict[str, Any]:
-    if rest.lower() not in ("", "on", "off"):
-        raise CommandError("usage: typing [on|off]")
-    return {"type": "typing", "room": c.current_room(), "data": {"is_typing": rest.lower() != "off"}}
-
-
-def _presence(c: Client, rest: str) -> dict[str, Any]:
-    return {"type": "presence", "data": {"status": _need(rest, "presence <status>")}}
-
-
-def _notification(c: Client, rest: str) -> dict[str, Any]:
-    user, title = _two(rest, "notification <user> <title>")
-    return {"type": "notification", "to": user,
-            "data": {"notification_type": "info", "title": title}}
-
-
-def _history(c: Client, rest: str) -> dict[str, Any]:
-    data: dict[str, Any] = {}
-    if rest:
-        if not rest.isdigit() or int(rest) < 1:
-            raise CommandError(f"usage: history [n] (n a positive number, not {rest!r})")
-        data["limit"] = int(rest)
-    return {"type": "history", "room": c.current_room(), "data": data}
-
-
-def _ping(c: Client, rest: str) -> dict[str, Any]:
-    return {"type": "ping"}
-
-
-_BUILDERS: dict[str, Callable[[Client, str], dict[str, Any]]] = {
-    "text": _text, "join": _join, "leave": _leave, "to": _to, "typing": _typing,
-    "presence": _presence, "notification": _notification, "history": _history, "ping": _ping,
-}
-
-
 def _decode(text: str) -> dict[str, Any]:
     try:
         obj = orjson.loads(text)
     except ValueError:
         return {"type": "client.unparsable", "data": {"text": text}}
     return obj if isinstance(obj, dict) else {"type": "client.unparsable", "data": {"text": text}}
-
-
-# --- scripts ----------------------------------------------------------------------------------
-class JsonLines:
-    """Script output: each frame received as one JSON line on stdout, notices on stderr."""
-
-    def frame(self, obj: dict[str, Any], rtt_ms: float | None = None) -> None:
-        self._line(obj)
-        if rtt_ms is not None:
-            self._line({"type": "client.rtt", "data": {"reply_to": obj.get("reply_to"),
-                                                       "ms": round(rtt_ms, 3)}})
-
-    def local(self, type_: str, data: dict[str, Any]) -> None:
-        self._line({"type": type_, "data": data})
-
-    def notice(self, text: str) -> None:
-        print(f"switchboard client: {text}", file=sys.stderr, flush=True)
-
-    @staticmethod
-    def _line(obj: dict[str, Any]) -> None:
-        sys.stdout.write(orjson.dumps(obj).decode() + "\n")
-        sys.stdout.flush()
-
-
-async def script_lines(path: str | None) -> AsyncIterator[str]:
-    """Command lines from ``path``, or from stdin as they come (a pipe, a terminal)."""
-    if path is not None and path != "-":
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            yield line
-        return
-    if Path(f"/proc/self/fd/{sys.stdin.fileno()}").resolve().is_file():  # `< file`
-        for line in sys.stdin.read().splitlines():
-            yield line
-        return
-    loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader()
-    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    try:
-        while raw := await reader.readline():
-            yield raw.decode("utf-8", errors="replace")
-    finally:
-        transport.close()
-
-
-async def _first(aw: Any, gone: asyncio.Future[int]) -> Any:
-    """Await ``aw`` unless the client gives up first (then return ``gone``)."""
-    task = asyncio.ensure_future(aw)
-    await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        return task.result()
-    task.cancel()
-    return gone
-
-
-async def run_script(client: Client, lines: AsyncIterator[str], timeout: float) -> int:
-    """Run command lines in order, each one waiting for its reply (up to ``timeout``).
-    Returns the exit status: 1 when a line failed or the connection was lost for good."""
-    status = 0
-    number = 0
-    source = aiter(lines)
-    while True:
-        line = await _first(anext(source, None), client.gone)
-        if line is client.gone or line is None:
-            break
-        number += 1
-        try:
-            reply = await _first(client.execute(line), client.gone)
-            if reply is client.gone:
-                break
-            if reply is not None:
-                await asyncio.wait_for(asyncio.shield(reply), timeout)
-        except Quit:
-            break
-        except CommandError as exc:
-            client.out.notice(f"line {number}: {exc}")
-            status = 1
-        except TimeoutError:
-            client.out.notice(f"line {number}: no reply within {timeout:g}s: {line.strip()}")
-            status = 1
-        except ConnectionError as exc:
-            client.out.notice(f"line {number}: no reply: {exc}")
-            status = 1
-    if client.gone.done():
-        return 1
-    return status
-
-
-async def main(url: str, token: Callable[[], str], *, fresh_tokens: bool, interactive: bool,
-               script: str | None = None, auto_ping: float | None = None, timeout: float = 5.0,
-               max_retries: int = 10, history_file: str | None = None,
-               color: bool = True) -> int:
-    """``switchboard client``: 0 on success, 1 when the connection failed or a script line
-    did, 130 after Ctrl-C."""
-    if interactive:
-        from .client_tui import Terminal, run_interactive
-        out: Output = Terminal(color)
-    else:
-        out = JsonLines()
-    client = Client(url, token, out, fresh_tokens=fresh_tokens, auto_ping=auto_ping,
-                    max_retries=max_retries)
-    try:
-        await client.start()
-    except ConnectError as exc:
-        print(f"switchboard client: {exc}", file=sys.stderr)
-        return 1
-    try:
-        if interactive:
-            return await run_interactive(client, history_file)
-        return await run_script(client, script_lines(script), timeout)
-    finally:
-        await client.close()

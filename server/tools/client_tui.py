@@ -19,7 +19,8 @@ from prompt_toolkit.output import ColorDepth
 from prompt_toolkit.shortcuts import print_formatted_text
 from prompt_toolkit.styles import Style
 
-from .client import COMMANDS, Client, CommandError, Quit
+from .client import Client
+from .client_commands import COMMANDS, CommandError, Quit
 
 Fragments = list[tuple[str, str]]
 

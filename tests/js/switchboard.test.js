@@ -170,6 +170,7 @@ export const tests = [
   }],
 
   ["close codes: which reconnect and which stop", async () => {
+    // tests/test_close_codes_js.py holds closeAction to the server's catalogue for every code
     const table = {
       1000: "stop", 1001: "reconnect", 1002: "stop", 1003: "stop", 1006: "reconnect", 1007: "stop",
       1009: "stop", 1011: "reconnect", 1013: "reconnect", 4000: "reconnect", 4001: "token",

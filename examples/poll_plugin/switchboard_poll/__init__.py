@@ -5,14 +5,13 @@ vote per poll and may change it), and after each change every member of the room
 ``poll.results``. Enable it with ``plugins.enabled: [chat, poll]``; configure it under
 ``plugins.poll`` (see :class:`PollConfig`).
 
-Polls live in this node's memory and are gone on restart: with several nodes behind Redis, a
-real plugin would keep them in a store every node shares.
+Polls and votes live in the plugin's store (``self.store``): in memory on one node, in Redis
+with several, where every node sees the same polls.
 """
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from server.plugin_api import (
@@ -25,6 +24,8 @@ from server.plugin_api import (
     PluginConfig,
     handles,
 )
+
+Ctx = Context["PollConfig"]
 
 __all__ = ["PollConfig", "PollPlugin", "PollResults"]
 
@@ -62,25 +63,17 @@ class PollResults(BaseModel):
     total_votes: int
 
 
-@dataclass
-class Poll:
-    id: str
-    room: str
-    question: str
-    options: list[str]
-    created_by: str
-    votes: dict[str, int] = field(default_factory=dict)  # user id -> option index
-
-    def results(self) -> PollResults:
-        counts = [0] * len(self.options)
-        for option in self.votes.values():
-            counts[option] += 1
-        return PollResults(poll_id=self.id, room=self.room, question=self.question,
-                           created_by=self.created_by, total_votes=len(self.votes),
-                           options=[OptionResult(text=t, votes=n) for t, n in zip(self.options, counts, strict=True)])
+def _results(poll: dict[str, Any], votes: dict[str, int]) -> PollResults:
+    counts = [0] * len(poll["options"])
+    for option in votes.values():
+        counts[option] += 1
+    return PollResults(poll_id=poll["id"], room=poll["room"], question=poll["question"],
+                       created_by=poll["created_by"], total_votes=len(votes),
+                       options=[OptionResult(text=t, votes=n)
+                                for t, n in zip(poll["options"], counts, strict=True)])
 
 
-def _joined_room(ctx: Context, room: str | None) -> str:
+def _joined_room(ctx: Ctx, room: str | None) -> str:
     if not room:
         raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'room' is required")
     if room not in ctx.conn.rooms:
@@ -88,42 +81,50 @@ def _joined_room(ctx: Context, room: str | None) -> str:
     return room
 
 
-class PollPlugin(Plugin):
+class PollPlugin(Plugin[PollConfig]):
+    """Store keys: ``poll:<id>`` (the poll), ``votes:<id>`` (user id -> option), ``open`` (a
+    stream of poll ids, oldest first, at most ``max_polls``)."""
+
     name = "poll"
     Config = PollConfig
     emits = {"poll.results": PollResults}
-    config: PollConfig
-
-    def __init__(self, config: PollConfig, node: Any) -> None:
-        super().__init__(config, node)
-        self.polls: dict[str, Poll] = {}
 
     @handles("poll.create", schema=CreatePoll)
-    async def create(self, ctx: Context, data: CreatePoll) -> None:
+    async def create(self, ctx: Ctx, data: CreatePoll) -> None:
         """Open a poll in ``room``; the sender gets ``ack {poll_id}``, the room ``poll.results``."""
         room = _joined_room(ctx, ctx.room)
         if len(data.options) > self.config.max_options:
             raise MessageRejected(ErrorCode.INVALID_MESSAGE,
                                   f"data.options: at most {self.config.max_options} options")
-        poll = Poll(uuid.uuid4().hex, room, data.question, data.options, ctx.user.id)
-        self.polls[poll.id] = poll
-        if len(self.polls) > self.config.max_polls:
-            del self.polls[next(iter(self.polls))]
-        ctx.log.info("poll_created", poll_id=poll.id, room=room, options=len(poll.options))
-        await ctx.ack({"poll_id": poll.id})
-        await ctx.send_to_room(room, "poll.results", poll.results(), exclude_self=False)
+        poll = {"id": uuid.uuid4().hex, "room": room, "question": data.question,
+                "options": data.options, "created_by": ctx.user.id}
+        await self._open(poll)
+        ctx.log.info("poll_created", poll_id=poll["id"], room=room, options=len(data.options))
+        await ctx.ack({"poll_id": poll["id"]})
+        await ctx.send_to_room(room, "poll.results", _results(poll, {}), exclude_self=False)
 
     @handles("poll.vote", schema=Vote)
-    async def vote(self, ctx: Context, data: Vote) -> None:
+    async def vote(self, ctx: Ctx, data: Vote) -> None:
         """Vote in a poll of a room you are in; voting again changes your vote."""
-        poll = self.polls.get(data.poll_id)
+        poll = await self.store.get(f"poll:{data.poll_id}")
         if poll is None:
             raise MessageRejected(ErrorCode.NOT_FOUND, f"no open poll {data.poll_id!r}")
-        _joined_room(ctx, poll.room)
-        if data.option >= len(poll.options):
+        _joined_room(ctx, poll["room"])
+        if data.option >= len(poll["options"]):
             raise MessageRejected(ErrorCode.INVALID_MESSAGE,
-                                  f"data.option: must be below {len(poll.options)}, got {data.option}")
-        poll.votes[ctx.user.id] = data.option
-        await ctx.ack({"poll_id": poll.id})
-        await ctx.send_to_room(poll.room, "poll.results", poll.results(), exclude_self=False,
-                               sender=None)
+                                  f"data.option: must be below {len(poll['options'])}, got {data.option}")
+        await self.store.hash_set(f"votes:{poll['id']}", ctx.user.id, data.option)
+        votes = await self.store.hash_all(f"votes:{poll['id']}")
+        await ctx.ack({"poll_id": poll["id"]})
+        await ctx.send_to_room(poll["room"], "poll.results", _results(poll, votes),
+                               exclude_self=False, sender=None)
+
+    async def _open(self, poll: dict[str, Any]) -> None:
+        """Keep ``poll``; past ``max_polls`` open ones, the oldest goes."""
+        store, keep = self.store, self.config.max_polls
+        opened = await store.stream_read("open", limit=keep + 1)
+        for _, old in opened[:max(len(opened) + 1 - keep, 0)]:
+            await store.delete(f"poll:{old}")
+            await store.delete(f"votes:{old}")
+        await store.set(f"poll:{poll['id']}", poll)
+        await store.stream_add("open", poll["id"], maxlen=keep)

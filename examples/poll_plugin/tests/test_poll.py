@@ -5,22 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestClient
-from conftest import Connect, config
 
 from server.app import create_app
 from server.errors import ConfigError
+from server.testing import SwitchboardClient, SwitchboardServer, build_config
 
 
-async def _room_with(connect: Connect, *users: str) -> list[Any]:
-    clients = [await connect(u) for u in users]
+async def _room_with(server: SwitchboardServer, *users: str) -> list[SwitchboardClient]:
+    clients = [await server.connect(u) for u in users]
     for client in clients:
         assert (await client.request("join", room="lobby"))["type"] == "joined"
     return clients
 
 
-async def test_create_and_vote_broadcast_results_to_the_room(connect: Connect) -> None:
-    alice, bob = await _room_with(connect, "alice", "bob")
+async def test_create_and_vote_broadcast_results_to_the_room(
+        switchboard_server: SwitchboardServer) -> None:
+    alice, bob = await _room_with(switchboard_server, "alice", "bob")
     ack = await alice.request("poll.create", room="lobby",
                               data={"question": "Lunch?", "options": ["pizza", "soup"]})
     assert ack["type"] == "ack"
@@ -43,10 +43,11 @@ async def test_create_and_vote_broadcast_results_to_the_room(connect: Connect) -
     assert [o["votes"] for o in results["options"]] == [1, 0] and results["total_votes"] == 1
 
 
-@pytest.mark.parametrize("plugins", [{"enabled": ["chat", "poll"], "poll": {"max_options": 3}}])
-async def test_bad_requests_get_an_error_and_the_connection_stays(connect: Connect) -> None:
-    (alice,) = await _room_with(connect, "alice")
-    outsider = await connect("carol")
+@pytest.mark.parametrize("switchboard_overrides", [{"plugins": {"poll": {"max_options": 3}}}])
+async def test_bad_requests_get_an_error_and_the_connection_stays(
+        switchboard_server: SwitchboardServer) -> None:
+    (alice,) = await _room_with(switchboard_server, "alice")
+    outsider = await switchboard_server.connect("carol")
     too_many = await alice.request("poll.create", room="lobby",
                                    data={"question": "?", "options": ["a", "b", "c", "d"]})
     assert too_many["data"]["code"] == "INVALID_MESSAGE" and "at most 3" in too_many["data"]["message"]
@@ -70,12 +71,12 @@ async def test_bad_requests_get_an_error_and_the_connection_stays(connect: Conne
                                           ({"max_optoins": 5}, "plugins.poll.max_optoins")])
 def test_invalid_config_section_fails_startup(section: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        create_app(config({"enabled": ["chat", "poll"], "poll": section}))
+        create_app(build_config({"plugins": {"poll": section}}, plugins=["chat", "poll"]))
     assert any(err.startswith(f"{key}:") for err in info.value.errors), info.value.errors
 
 
-async def test_protocol_lists_the_poll_types(server: TestClient[Any, Any]) -> None:
-    resp = await server.get("/api/protocol")
+async def test_protocol_lists_the_poll_types(switchboard_server: SwitchboardServer) -> None:
+    resp = await switchboard_server.http.get("/api/protocol")
     types = {(t["type"], t["direction"]): t for t in (await resp.json())["types"]}
     create = types[("poll.create", "client_to_server")]
     assert create["plugin"] == "poll" and set(create["schema"]["required"]) == {"question", "options"}

@@ -1,0 +1,125 @@
+"""The HTTP API's error answers: every one is ``{"error": {"code", "message", ...}}``
+(:class:`ErrorBody`), raised by a handler as :class:`ApiError`, turned from a frame's
+``MessageRejected`` by :func:`rejected` or from a validation error by :func:`invalid_request`;
+and :func:`error_middleware`, which gives aiohttp's own errors and unexpected exceptions the
+same shape and counts every answer in the metrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Awaitable, Callable
+
+import structlog
+from aiohttp import hdrs, web
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..config import validation_messages
+from ..errors import MessageRejected
+from ..keys import NODE
+from ..protocol import ErrorCode
+from .util import json_error
+
+log = structlog.get_logger(__name__)
+
+
+class HttpCode:
+    """Error codes only the HTTP API uses; the others are protocol.ErrorCode's."""
+
+    INVALID_REQUEST = "INVALID_REQUEST"
+    ROOM_EXISTS = "ROOM_EXISTS"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    NOT_READY = "NOT_READY"
+    INVALID_CONFIG = "INVALID_CONFIG"
+
+
+#: the status of each ``MessageRejected`` code when a call goes the way of a frame
+STATUS_OF: dict[str, int] = {
+    ErrorCode.INVALID_JSON: 400, ErrorCode.INVALID_MESSAGE: 400,
+    ErrorCode.UNKNOWN_MESSAGE_TYPE: 400, ErrorCode.UNAUTHORIZED: 401, ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_IN_ROOM: 403, ErrorCode.NOT_FOUND: 404, ErrorCode.ROOM_FULL: 409,
+    ErrorCode.ROOM_LIMIT_REACHED: 409, ErrorCode.MESSAGE_TOO_LONG: 413,
+    ErrorCode.MESSAGE_FILTERED: 422, ErrorCode.RATE_LIMITED: 429, ErrorCode.INTERNAL_ERROR: 500,
+}
+_CODE_OF_STATUS = {400: HttpCode.INVALID_REQUEST, 401: ErrorCode.UNAUTHORIZED,
+                   403: ErrorCode.FORBIDDEN, 404: ErrorCode.NOT_FOUND,
+                   405: HttpCode.METHOD_NOT_ALLOWED, 413: HttpCode.PAYLOAD_TOO_LARGE}
+
+
+class ApiError(Exception):
+    """An error answer: ``{"error": {"code", "message", ...extra}}`` with ``status``."""
+
+    def __init__(self, status: int, code: str, message: str, *,
+                 headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers
+        self.extra = extra
+
+    def response(self) -> web.Response:
+        return json_error(self.status, self.code, self.message, headers=self.headers, **self.extra)
+
+
+def rejected(exc: MessageRejected) -> ApiError:
+    """The HTTP form of an error a frame would have got."""
+    if exc.retry_after is None:
+        return ApiError(STATUS_OF.get(exc.code, 400), exc.code, exc.message)
+    return ApiError(STATUS_OF.get(exc.code, 400), exc.code, exc.message,
+                    headers={"Retry-After": str(max(1, math.ceil(exc.retry_after)))},
+                    retry_after=exc.retry_after)
+
+
+def invalid_request(exc: ValidationError, prefix: tuple[str, ...] = ()) -> ApiError:
+    """400 listing each problem with its key path, the first one's as ``field``."""
+    problems = validation_messages(exc, prefix)
+    at = problems[0].partition(": ")[0]
+    if at == "(top level)":
+        return ApiError(400, HttpCode.INVALID_REQUEST, "; ".join(problems))
+    return ApiError(400, HttpCode.INVALID_REQUEST, "; ".join(problems), field=at)
+
+
+def not_found(what: str) -> ApiError:
+    return ApiError(404, ErrorCode.NOT_FOUND, f"{what} does not exist")
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    code: str
+    message: str
+    field: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a code from docs/api.md, a readable message and, for a bad
+    request, the field at fault."""
+
+    error: ErrorDetail
+
+
+Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Endpoint) -> web.StreamResponse:
+    """Every error as a JSON body (aiohttp's own 404, 405 and 413 included; an unexpected
+    exception is a logged 500), and every answer counted in the metrics."""
+    upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW, hdrs.RETRY_AFTER)}
+        response = json_error(exc.status, _CODE_OF_STATUS.get(exc.status, f"HTTP_{exc.status}"),
+                              exc.reason, headers=headers)
+    except Exception:
+        if upgrade:  # the WebSocket may be open already: no answer to replace; aiohttp logs it
+            raise
+        log.exception("http_handler_failed", method=request.method, path=request.path)
+        response = json_error(500, ErrorCode.INTERNAL_ERROR, "internal error")
+    route = request.match_info.route.resource
+    request.app[NODE].metrics.http_request(
+        request.method, route.canonical if route is not None else "unmatched", response.status)
+    return response

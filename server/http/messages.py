@@ -1,0 +1,84 @@
+"""Messages as the bearer: ``POST /api/messages`` takes the frame path of a ``message`` frame
+(``frames.handle_frame``: the pipeline's rate limit, length and filter, the type's permission,
+the handler) on a connection without a socket (``sessions.HttpConnection``);
+``GET /api/messages/inbox`` reads the bearer's unread private messages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from ..config import FieldError
+from ..errors import MessageRejected
+from ..frames import handle_frame
+from ..keys import NODE, PIPELINE, REGISTRY
+from ..protocol import CloseCode, ErrorCode, new_id
+from .common import Name, SinceQuery, page_limit
+from .errors import ApiError, rejected
+from .routes import Caller, Routes
+from .sessions import HTTP_SESSIONS, HttpConnection
+
+routes = Routes()
+
+
+class MessagePost(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    room: Name | None = Field(None, description="a room the bearer is in")
+    to: Name | None = Field(None, description="a user id: a private message")
+    content: str = Field(description="the text (at most messages.max_message_length)")
+    data: dict[str, Any] = Field(default_factory=dict, description="extra fields of data")
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "MessagePost":
+        if (self.room is None) == (self.to is None):
+            raise FieldError("room", "give exactly one of room and to")
+        return self
+
+
+class MessageSent(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    id: str | None = Field(None, description="the message's id; null when a stage dropped it")
+    offset: str | None = Field(None, description="its offset in the room's history or the inbox")
+
+
+@routes.post("/api/messages", summary="Send a message as the bearer, the way a message frame "
+             "goes (permissions, rate limit, length, filter)", access="bearer", body=MessagePost,
+             response=MessageSent, errors=(403, 404, 409, 422, 429), tags=("messages",))
+async def message_post(request: web.Request, caller: Caller, body: MessagePost) -> MessageSent:
+    node = request.app[NODE]
+    user = caller.need_user()
+    state = request.app[HTTP_SESSIONS].state(user.id, node.config)
+    conn = HttpConnection(user, request, state, await node.backend.rooms.user_rooms(user.id))
+    node.stats.messages_in += 1
+    frame_id = new_id()
+    frame = {"type": "message", "id": frame_id, "room": body.room, "to": body.to,
+             "data": {**body.data, "content": body.content}}
+    await handle_frame(node, request.app[REGISTRY], request.app[PIPELINE], conn,
+                       orjson.dumps(frame).decode())
+    reply = conn.reply(frame_id)
+    if reply is None:
+        if conn.close_code == CloseCode.RATE_LIMITED:
+            raise ApiError(429, ErrorCode.RATE_LIMITED, "rate limit: too many violations")
+        return MessageSent(id=None, offset=None)
+    data = reply.get("data") or {}
+    if reply["type"] == "error":
+        raise rejected(MessageRejected(data.get("code", ErrorCode.INTERNAL_ERROR),
+                                       data.get("message", ""),
+                                       retry_after=data.get("retry_after")))
+    return MessageSent.model_validate(data)
+
+
+class Inbox(BaseModel):
+    messages: list[dict[str, Any]]
+
+
+@routes.get("/api/messages/inbox", summary="The bearer's unread private messages, oldest first",
+            access="bearer", query=SinceQuery, response=Inbox, tags=("messages",))
+async def inbox(request: web.Request, caller: Caller, query: SinceQuery) -> Inbox:
+    node = request.app[NODE]
+    messages = await node.backend.inbox.fetch(caller.need_user().id, query.since,
+                                              limit=page_limit(node, query.limit))
+    return Inbox(messages=messages)

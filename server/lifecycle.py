@@ -1,0 +1,104 @@
+"""A connection's life around its read loop: registered with the hub and the metrics, in the
+cluster's presence, joined to the default rooms and those of ``?rooms=``, greeted with the
+``connected`` frame, announced to the plugins' ``on_connect``; and when the loop ends, the
+reverse: out of the hub, the socket closed, out of its rooms and the presence, the plugins'
+``on_disconnect``, counted closed.
+
+``ws.py`` runs its read loop inside :func:`connected`::
+
+    async with connected(node, registry, conn, claims, rooms="a,b", reply_to=None):
+        ...  # read frames until the socket closes
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from .connection import Connection
+from .errors import MessageRejected
+from .node import Node
+from .plugin_api import Context
+from .protocol import CloseCode, error_frame
+from .registry import Registry
+
+
+@asynccontextmanager
+async def connected(node: Node, registry: Registry, conn: Connection, claims: dict[str, Any], *,
+                    rooms: str, reply_to: str | None) -> AsyncIterator[None]:
+    """The connection open for the body of the ``async with``, whatever the body raises.
+    ``rooms`` is the ``?rooms=`` query (comma-separated); ``reply_to`` the id of the auth frame
+    the ``connected`` frame answers, if one did."""
+    hub = node.hub
+    hub.add(conn)
+    node.metrics.connection_opened()
+    conn.start()
+    if hub.draining:  # admitted just before the drain began: close_all() did not see it
+        conn.close(CloseCode.GOING_AWAY, "server shutting down")
+    try:
+        await _open(node, registry, conn, claims, rooms, reply_to)
+        yield
+    finally:
+        await _close(node, registry, conn)
+
+
+async def _open(node: Node, registry: Registry, conn: Connection, claims: dict[str, Any],
+                query_rooms: str, reply_to: str | None) -> None:
+    cfg = node.config
+    await node.backend.presence.add_connection(
+        conn.user.id, conn.id, {"username": conn.user.username, "connected_at": conn.connected_at,
+                                "node": node.node_id})
+    wanted = list(cfg.rooms.default_rooms)
+    wanted += [r.strip() for r in query_rooms.split(",") if r.strip() and r.strip() not in wanted]
+    for room in wanted:
+        try:
+            await node.join(conn, room)
+        except MessageRejected as exc:
+            conn.log.info("connect_join_refused", room=room, code=exc.code)
+            conn.send(error_frame(exc.code, exc.message))
+    exp = claims.get("exp")
+    conn.schedule_expiry(node.auth.deadline(claims))
+    node.send_to_connection(conn, "connected", {
+        "connection_id": conn.id,
+        "user": conn.user.public(),
+        "online_count": await node.backend.presence.online_count(),
+        "rooms": sorted(conn.rooms),
+        "heartbeat": {"interval": cfg.server.ping_period, "timeout": cfg.server.pong_wait},
+        "expires_at": int(exp) if exp is not None else None,
+        "node": node.node_id,
+    }, reply_to=reply_to)
+    conn.log.info("connection_opened", remote=conn.remote, rooms=sorted(conn.rooms))
+    for plugin in registry.plugins:
+        try:
+            await plugin.on_connect(Context(conn, None, node, plugin))
+        except Exception:
+            conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_connect")
+
+
+async def _close(node: Node, registry: Registry, conn: Connection) -> None:
+    ws = conn.ws
+    node.hub.remove(conn)
+    await conn.finish()
+    if not ws.closed:
+        code = conn.close_code or CloseCode.NORMAL
+        try:
+            async with asyncio.timeout(2.0):
+                await ws.close(code=int(code))
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
+    rooms = set(conn.rooms)
+    for room in rooms:
+        await node.leave(conn, room, closing=True)
+    conn.rooms = rooms  # on_disconnect hooks see the rooms the connection was in
+    await node.backend.presence.remove_connection(conn.user.id, conn.id)
+    for plugin in registry.plugins:
+        try:
+            await plugin.on_disconnect(Context(conn, None, node, plugin))
+        except Exception:
+            conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_disconnect")
+    closed_with = int(conn.close_code or ws.close_code or 0)
+    node.metrics.connection_closed(closed_with)
+    conn.log.info("connection_closed", code=closed_with,
+                  duration=round(time.time() - conn.connected_at, 3))
