@@ -16,9 +16,19 @@ from typing import Any
 
 
 from server.plugin_api import (BaseModel, ConfigDict, Context, ErrorCode, Field, MessageRejected,
-                               Plugin, handles)
+                               Plugin, PluginConfig, handles)
 
 _MAX_OFFSET = 200  # characters; offsets are far shorter
+
+
+class InboxConfig(PluginConfig):
+    """The ``inbox`` section of websocket.yaml: private messages to a user with no open
+    connection wait in their inbox (docs/configuration.md)."""
+
+    # unknown keys are the config loader's warnings, as for the core's sections
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    size: int = Field(100, gt=0, description="messages kept per user; the oldest go first")
+    ttl: float = Field(604800.0, gt=0, description="seconds a message waits")
 
 
 class JoinData(BaseModel):
@@ -88,7 +98,7 @@ class HistoryReply(BaseModel):
     has_more: bool
 
 
-def _need_room(ctx: Context[dict[str, Any]]) -> str:
+def _need_room(ctx: Context[InboxConfig]) -> str:
     if not ctx.room:
         raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'room' is required")
     return ctx.room
@@ -99,15 +109,17 @@ def _has_more(messages: list[dict[str, Any]], top: str) -> bool:
     return bool(messages) and messages[-1]["offset"] != top
 
 
-class ChatPlugin(Plugin[dict[str, Any]]):
+class ChatPlugin(Plugin[InboxConfig]):
     name = "chat"
+    Config = InboxConfig
+    section = "inbox"
     emits = {"joined": Joined, "left": Left, "message": MessageData, "broadcast": BroadcastData,
              "history": HistoryReply, "system_message": None}
 
     # --- rooms ----------------------------------------------------------------------------
     @handles("join", schema=JoinData,
              description="join a room; with data.since, get the room messages missed since then")
-    async def join(self, ctx: Context[dict[str, Any]], data: JoinData) -> None:
+    async def join(self, ctx: Context[InboxConfig], data: JoinData) -> None:
         room = _need_room(ctx)
         count = await ctx.join(room)
         if data.since is None:
@@ -123,14 +135,14 @@ class ChatPlugin(Plugin[dict[str, Any]]):
                                    "has_more": _has_more(missed, top)}, room=room)
 
     @handles("leave", schema=LeaveData, description="leave a room")
-    async def leave(self, ctx: Context[dict[str, Any]], data: LeaveData) -> None:
+    async def leave(self, ctx: Context[InboxConfig], data: LeaveData) -> None:
         room = _need_room(ctx)
         count = await ctx.leave(room)
         await ctx.reply("left", {"room": room, "members_count": count}, room=room)
 
     @handles("history", schema=HistoryData,
              description="a page of a joined room's kept messages: the latest, or those after since")
-    async def history(self, ctx: Context[dict[str, Any]], data: HistoryData) -> None:
+    async def history(self, ctx: Context[InboxConfig], data: HistoryData) -> None:
         room = _need_room(ctx)
         if room not in ctx.conn.rooms:
             raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"join {room!r} to read its history")
@@ -147,7 +159,7 @@ class ChatPlugin(Plugin[dict[str, Any]]):
     # --- messages -------------------------------------------------------------------------
     @handles("message", schema=MessageData,
              description="a message to a joined room's members (room), or to a user (to)")
-    async def message(self, ctx: Context[dict[str, Any]], data: MessageData) -> None:
+    async def message(self, ctx: Context[InboxConfig], data: MessageData) -> None:
         sender = ctx.user.public()
         # data.model_dump() built directly, five times cheaper: MessageData declares content only
         payload = {"content": data.content, **(data.model_extra or {})}
@@ -155,7 +167,9 @@ class ChatPlugin(Plugin[dict[str, Any]]):
         if to is not None:
             if room is not None:
                 raise MessageRejected(ErrorCode.INVALID_MESSAGE, "give 'room' or 'to', not both")
-            sent = await self.node.send_private(to, payload, sender=sender, exclude=ctx.conn.id)
+            cfg = self.config
+            sent = await self.node.send_private(to, payload, sender=sender, exclude=ctx.conn.id,
+                                                inbox_size=cfg.size, inbox_ttl=cfg.ttl)
         else:
             if room is None:
                 raise MessageRejected(ErrorCode.INVALID_MESSAGE, "'room' or 'to' is required")
@@ -169,7 +183,7 @@ class ChatPlugin(Plugin[dict[str, Any]]):
 
     @handles("broadcast", schema=BroadcastData,
              description="to every connection; for roles in permissions.broadcast")
-    async def broadcast(self, ctx: Context[dict[str, Any]], data: BroadcastData) -> None:
+    async def broadcast(self, ctx: Context[InboxConfig], data: BroadcastData) -> None:
         node = self.node
         if not node.permitted(ctx.user, "broadcast"):
             raise MessageRejected(ErrorCode.FORBIDDEN, "your roles may not broadcast")
@@ -179,23 +193,23 @@ class ChatPlugin(Plugin[dict[str, Any]]):
         await ctx.ack({"id": sent["id"]})
 
     # --- inbox ----------------------------------------------------------------------------
-    async def on_connect(self, ctx: Context[dict[str, Any]]) -> None:
+    async def on_connect(self, ctx: Context[InboxConfig]) -> None:
         await self._deliver_inbox(ctx, None)
 
     @handles("inbox.ack", schema=InboxAckData,
              description="your inbox is read up to data.offset: those messages stop coming")
-    async def inbox_ack(self, ctx: Context[dict[str, Any]], data: InboxAckData) -> None:
+    async def inbox_ack(self, ctx: Context[InboxConfig], data: InboxAckData) -> None:
         await self.node.inbox_ack(ctx.user.id, data.offset)
         await ctx.ack({"offset": data.offset})
         cursor = ctx.state.pop("inbox_cursor", None)
         if cursor is not None:
             await self._deliver_inbox(ctx, cursor)
 
-    async def _deliver_inbox(self, ctx: Context[dict[str, Any]], since: str | None) -> None:
+    async def _deliver_inbox(self, ctx: Context[InboxConfig], since: str | None) -> None:
         """Send the waiting private messages after ``since``, marked ``inbox: true``, as many as
         fit the budget; the next ``inbox.ack`` of this connection brings the next ones."""
         node = self.node
-        pending = await node.inbox(ctx.user.id, since)
+        pending = await node.inbox(ctx.user.id, since, limit=self.config.size)
         if not pending:
             return
         count = ctx.replay_fit(pending)

@@ -100,6 +100,12 @@ class PresencePlugin(Plugin[PresenceConfig]):
         super().__init__(config, node)
         self._departures: dict[str, _Departure] = {}
 
+    async def on_startup(self) -> None:
+        self.node.presence.set_last_seen_ttl(self.config.last_seen_ttl)
+
+    def client_settings(self) -> dict[str, Any]:
+        return {"enabled": self.config.enabled, "grace_period": self.config.grace_period}
+
     # --- client frames ----------------------------------------------------------------------
     @handles("presence", schema=PresenceData,
              description="set your status; the users sharing a room with you get a presence event")

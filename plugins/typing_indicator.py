@@ -112,6 +112,9 @@ class TypingPlugin(Plugin[TypingConfig]):
         self._active: dict[_Key, _Indicator] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
+    def client_settings(self) -> dict[str, Any]:
+        return {"timeout": self.config.timeout}
+
     def stages(self) -> list[Stage]:
         cfg = self.config
         return [TypingRateLimit(cfg.messages_per_minute, cfg.burst)]

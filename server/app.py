@@ -15,7 +15,8 @@ from .http.sessions import HTTP_SESSIONS, HttpSessions
 from .keys import NODE, PIPELINE, REGISTRY
 from .pipeline import build_pipeline
 from .protocol import CloseCode
-from .registry import CORE_TYPES, Registry
+from .protocol.core_types import CORE_TYPES
+from .registry import Registry
 from .reload import RELOADER, Reloader
 from .node import Node
 from .ws import websocket_handler
@@ -30,6 +31,8 @@ def create_app(config: Config, *, config_path: str | None = None,
     reads again."""
     node = Node(config, config_path=config_path)
     registry = Registry.create(config, node)
+    # the running config holds each plugin's validated section, however it was loaded
+    node.config = config = registry.with_sections(config)
     node.plugins = registry.plugins
     node.metrics.track([*CORE_TYPES, *registry.handlers])
     node.metrics.watch(node.node_id, node.hub)

@@ -20,7 +20,8 @@ from .node import Node
 from .pipeline import Pipeline
 from .plugin_api import Context
 from .protocol import CloseCode, Envelope, ErrorCode, envelope, error_frame, frame_id, parse_json
-from .registry import CORE_TYPES, Registry
+from .protocol.core_types import CORE_TYPES
+from .registry import Registry
 
 #: refusals that count towards ``messages.max_invalid_frames`` (close 4501)
 COUNTED_AS_INVALID = frozenset({ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAGE,

@@ -265,8 +265,8 @@ class Node:
         return next((m for m in reversed(page.messages) if m.get("id") == message_id), None)
 
     async def inbox(self, user_id: str, since: str | None = None, *,
-                    limit: int | None = None) -> list[dict[str, Any]]:
-        return await self.backend.inbox.fetch(user_id, since, limit=limit or self.config.inbox.size)
+                    limit: int) -> list[dict[str, Any]]:
+        return await self.backend.inbox.fetch(user_id, since, limit=limit)
 
     async def inbox_ack(self, user_id: str, offset: str) -> None:
         await self.backend.inbox.ack(user_id, offset)
@@ -296,10 +296,12 @@ class Node:
         return message
 
     async def send_private(self, to: str, data: Any, *, sender: dict[str, Any],
+                           inbox_size: int, inbox_ttl: float,
                            exclude: str | None = None) -> dict[str, Any]:
         """A private ``message`` to every connection of user ``to``, with a copy to the sender's
         other connections. When ``to`` has no open connection anywhere it waits in their inbox
-        instead, and the returned frame carries its inbox ``offset``."""
+        (the newest ``inbox_size`` for ``inbox_ttl`` seconds: the chat plugin's ``inbox``
+        section) instead, and the returned frame carries its inbox ``offset``."""
         check_name("to", to)
         message = frame("message", data, to=to, sender=sender)
         payload = encode(message)
@@ -311,8 +313,7 @@ class Node:
             await broker.publish("user", to, payload)
         else:
             message = dict(message)
-            cfg = self.config.inbox
-            await self.backend.inbox.push(to, message, size=cfg.size, ttl=cfg.ttl)
+            await self.backend.inbox.push(to, message, size=inbox_size, ttl=inbox_ttl)
         if self.config.messages.echo_to_sender:
             await broker.publish("user", sender["id"], payload, Route(exclude))
         return message

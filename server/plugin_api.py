@@ -50,10 +50,12 @@ from typing import (
     Protocol,
     TypeVar,
     Union,
+    get_args,
 )
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator,
+                      model_validator)
 
 from .backends.base import HistoryPage, Store, UserPresence
 from .buckets import TokenBucket
@@ -115,10 +117,29 @@ def handles(type_: str, *, schema: SchemaSpec = None, description: str = "") -> 
 
 
 class PluginConfig(BaseModel):
-    """Base for a plugin's ``Config`` model: frozen, and a misspelt key is a startup error
-    (``plugins.<name>.<key>: unknown key (did you mean ...)``) rather than silently ignored."""
+    """Base for a plugin's ``Config`` model, with the core sections' rules: frozen; a misspelt
+    key is a startup error (``plugins.<name>.<key>: unknown key (did you mean ...)``) rather
+    than silently ignored; a section left empty takes the defaults; numbers are finite and
+    ``true`` is not a number."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
+                              allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_is_defaults(cls, data: Any) -> Any:
+        return {} if data is None else data
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None:
+            kinds = set(get_args(cls.model_fields[info.field_name].annotation)) or {
+                cls.model_fields[info.field_name].annotation}
+            if kinds & {int, float} and bool not in kinds:
+                noun = "an integer" if int in kinds else "a number"
+                raise ValueError(f"must be {noun}, got {str(value).lower()}")
+        return value
 
 
 # --- what a plugin sees of the server ---------------------------------------------------------
@@ -161,6 +182,9 @@ class PresenceView(Protocol):
     async def last_seen(self, user_id: str) -> float | None: ...
     async def mark_online(self, user_id: str) -> bool: ...
     async def mark_offline(self, user_id: str) -> float | None: ...
+    def set_last_seen_ttl(self, seconds: float) -> None:
+        """How long a user's ``last_seen`` is remembered after their last connection closed."""
+        ...
 
 
 class NodeAPI(Protocol):
@@ -193,12 +217,13 @@ class NodeAPI(Protocol):
                            sender: dict[str, Any] | None = None,
                            exclude: str | None = None) -> dict[str, Any]: ...
     async def send_private(self, to: str, data: Any, *, sender: dict[str, Any],
+                           inbox_size: int, inbox_ttl: float,
                            exclude: str | None = None) -> dict[str, Any]: ...
     async def history(self, room: str, since: str | None, *, limit: int) -> HistoryPage: ...
     async def history_top(self, room: str) -> str: ...
     async def room_message(self, room: str, message_id: str) -> dict[str, Any] | None: ...
     async def inbox(self, user_id: str, since: str | None = None, *,
-                    limit: int | None = None) -> list[dict[str, Any]]: ...
+                    limit: int) -> list[dict[str, Any]]: ...
     async def inbox_ack(self, user_id: str, offset: str) -> None: ...
     # --- rooms
     async def join(self, conn: Connection, room: str) -> int: ...
@@ -277,6 +302,11 @@ class Plugin(Generic[C]):
     def stages(self) -> list[Stage]:
         """Pipeline stages this plugin adds, run after the built-in ones, before dispatch."""
         return []
+
+    def client_settings(self) -> Mapping[str, Any]:
+        """What clients may know of this plugin's settings (the demo page reads them, e.g.
+        the typing plugin's ``timeout``); JSON-able, read at each request."""
+        return {}
 
 
 class Context(Generic[C]):

@@ -19,12 +19,13 @@ from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Awaitable, Callable, Iterable, Mapping
 
 import structlog
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from .config import Config, LoadedConfig, load_config, validation_messages
 from .errors import ConfigError, MessageRejected, PluginError
 from .plugin_api import HANDLER_ATTR, Context, HandlesSpec, NodeAPI, Plugin, Stage, clean_doc
 from .protocol import ERROR_CODES, ErrorCode, close_catalogue
+from .protocol.core_types import CORE_EMITS, CORE_TYPES
 
 
 log = structlog.get_logger(__name__)
@@ -38,73 +39,6 @@ HOOKS: dict[str, tuple[str, ...]] = {"on_startup": (), "on_connect": ("ctx",),
                                      "on_room_deleted": ("room",), "on_shutdown": (),
                                      "send_from_api": ("user_id", "type_", "data")}
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]*")
-
-
-# --- the core's own types, listed in GET /api/protocol like any plugin's ---------------------
-class _Empty(BaseModel):
-    pass
-
-
-class _Token(BaseModel):
-    token: str
-
-
-class _Expiry(BaseModel):
-    expires_at: int | None
-
-
-class _Heartbeat(BaseModel):
-    interval: float
-    timeout: float
-
-
-class _PublicUser(BaseModel):
-    id: str
-    username: str
-
-
-class _Connected(BaseModel):
-    connection_id: str
-    user: _PublicUser
-    online_count: int
-    rooms: list[str]
-    heartbeat: _Heartbeat
-    expires_at: int | None
-    node: str
-
-
-class _Ack(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    id: str | None = None
-    offset: str | None = None
-
-
-class _Error(BaseModel):
-    code: str
-    message: str
-    retry_after: float | None = None
-
-
-class _Membership(BaseModel):
-    room: str
-    user: _PublicUser
-    members_count: int
-
-
-CORE_TYPES: dict[str, tuple[type[BaseModel], str]] = {
-    "ping": (_Empty, "client keep-alive; answered with pong"),
-    "auth": (_Token, "first-frame authentication; answered with connected"),
-    "refresh": (_Token, "a new token for the same sub; answered with refreshed"),
-}
-CORE_EMITS: dict[str, tuple[type[BaseModel], str]] = {
-    "connected": (_Connected, "the first frame after the upgrade and authentication"),
-    "pong": (_Empty, "answers ping"),
-    "refreshed": (_Expiry, "answers refresh"),
-    "ack": (_Ack, "a client frame was accepted; the fields depend on the type"),
-    "error": (_Error, "a client frame was refused; the connection stays open"),
-    "user_joined": (_Membership, "another user joined a room of this connection"),
-    "user_left": (_Membership, "another user's last connection left a room of this connection"),
-}
 
 
 @dataclass(frozen=True)
@@ -181,6 +115,8 @@ def plugin_sections(enabled: list[str]) -> dict[tuple[str, ...], type[BaseModel]
         except PluginError:
             continue
         found[section_path(plugin_cls)] = plugin_cls.Config
+        if plugin_cls.section:  # its options are elsewhere: any key under plugins.<name> is unknown
+            found.setdefault(("plugins", plugin_cls.name), None)
     return found
 
 
@@ -388,6 +324,12 @@ class Registry:
                 raise PluginError(f"plugin {plugin_cls.name!r}: cannot be created: "
                                   f"{type(exc).__name__}: {exc}") from exc
         return cls(plugins)
+
+    def with_sections(self, config: Config) -> Config:
+        """``config`` holding every plugin's validated section (``config.plugin_config``)."""
+        sections = {path: config.plugin_config(path) for path in config.plugin_paths}
+        sections.update({section_path(type(p)): p.config for p in self.plugins})
+        return config.with_plugin_configs(sections)
 
     # --- lifecycle ------------------------------------------------------------------------
     async def startup(self) -> None:

@@ -50,19 +50,38 @@ class Reloaded:
     warnings: list[str]
 
 
-def changed_paths(old: Any, new: Any, path: KeyPath = ()) -> list[KeyPath]:
-    """The key paths whose value differs between two configs (sections walked into; a plugin
-    section, ``plugins.<name>``, as a whole)."""
+def changed_paths(old: Any, new: Any, path: KeyPath = (),
+                  claimed: frozenset[KeyPath] | None = None) -> list[KeyPath]:
+    """The key paths whose value differs between two configs: sections walked into, the
+    plugins' sections too (compared as their validated models, so writing out a default
+    changes nothing); a section no plugin claimed as a whole."""
     if isinstance(old, BaseModel) and type(old) is type(new):
         found: list[KeyPath] = []
+        top = claimed is None
+        if claimed is None:
+            claimed = frozenset(getattr(old, "plugin_paths", ())) | frozenset(
+                getattr(new, "plugin_paths", ()))
         for name in type(old).model_fields:
-            found += changed_paths(getattr(old, name), getattr(new, name), path + (name,))
+            found += changed_paths(getattr(old, name), getattr(new, name), path + (name,), claimed)
         extra_old, extra_new = old.model_extra or {}, new.model_extra or {}
         for name in sorted(extra_old.keys() | extra_new.keys()):
-            if extra_old.get(name) != extra_new.get(name):
+            if path + (name,) not in claimed and extra_old.get(name) != extra_new.get(name):
                 found.append(path + (name,))
+        for section in sorted(claimed) if top else ():
+            found += changed_paths(_plugin_section(old, section), _plugin_section(new, section),
+                                   section, claimed)
         return found
     return [] if old == new else [path]
+
+
+def _plugin_section(config: Any, path: KeyPath) -> Any:
+    """The validated section at ``path``, else the mapping as written (``{}`` when absent)."""
+    try:
+        return config.plugin_config(path)
+    except KeyError:
+        raw = config.plugin_section(path[1]) if path[0] == "plugins" else \
+            (config.model_extra or {}).get(path[0])
+        return raw if isinstance(raw, dict) else {}
 
 
 def _live(path: KeyPath) -> bool:

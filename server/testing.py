@@ -122,9 +122,10 @@ class _Wait:
         return self.deadline - asyncio.get_running_loop().time()
 
     def failed(self) -> AssertionError:
-        types = [frame.get("type") for frame in self.seen]
+        types = [str(frame.get("type")) for frame in self.seen]
+        shown = ", ".join(types[:10]) + (f" and {len(types) - 10} more" if len(types) > 10 else "")
         return AssertionError(f"{self.waiting_for} within {self.timeout}s "
-                              f"(frames meanwhile: {types if types else 'none'})")
+                              f"(frames meanwhile: {shown or 'none'})")
 
 
 class SwitchboardClient:
@@ -218,19 +219,16 @@ class SwitchboardClient:
         close code. ``AssertionError`` when it stays open past ``timeout``."""
         self._unread.clear()
         limit = self.timeout if timeout is None else timeout
-        wait = _Wait(limit, "the server did not close the connection")
-        while True:
-            left = wait.left()
-            if left <= 0:
-                raise wait.failed()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit
+        while (left := deadline - loop.time()) > 0:
             try:
                 msg = await self.ws.receive(timeout=left)
             except TimeoutError:
-                raise wait.failed() from None
+                break
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSED, WSMsgType.CLOSING, WSMsgType.ERROR):
                 return self.ws.close_code
-            if msg.type is WSMsgType.TEXT:
-                wait.seen.append(json.loads(msg.data))
+        raise AssertionError(f"the server did not close the connection within {limit}s")
 
     async def close(self) -> None:
         """Close the connection (code 1000); nothing if it is closed already."""

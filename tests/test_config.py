@@ -12,12 +12,14 @@ from typing import Any, Iterator, Union, get_args, get_origin
 
 import pytest
 import yaml
-from pydantic import BaseModel, PositiveInt, ValidationError
+from pydantic import BaseModel, PositiveInt, ValidationError, create_model
 
-from server.config import (DEV_SECRET, Config, LoadedConfig, PresenceConfig, load_config,
-                           validation_messages)
+from plugins.presence import PresenceConfig
+from server.config import DEV_SECRET, Config, LoadedConfig, load_config, validation_messages
 from server.errors import ConfigError, PluginError
 from server.plugin_api import PluginConfig
+from server.registry import available_plugins, load_plugin_class, section_path
+from server.registry import load as load_with_plugins
 
 ROOT = Path(__file__).resolve().parent.parent
 LONG_SECRET = "k" * 40
@@ -55,7 +57,19 @@ def _entry_model(kind: Any) -> Any:
     return None
 
 
-def option_paths(model: Any = Config, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+def _builtin_sections() -> dict[tuple[str, ...], Any]:
+    """The built-in plugins' sections (``presence``, ``typing``...) and their models."""
+    installed = available_plugins()
+    classes = [load_plugin_class(name, installed) for name in Config().plugins.enabled]
+    return {section_path(cls): cls.Config for cls in classes if cls.section}
+
+
+#: the whole file's schema: the core's sections and the built-in plugins' top-level ones
+DOCUMENTED = create_model("Documented", __base__=Config, **{
+    path[0]: (model, model()) for path, model in _builtin_sections().items()})
+
+
+def option_paths(model: Any = DOCUMENTED, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
     """Every option as a key path; entries of a mapping of sections as ``*``
     (``rooms.namespaces.*.history_size``)."""
     for name, info in model.model_fields.items():
@@ -71,13 +85,16 @@ def option_paths(model: Any = Config, prefix: tuple[str, ...] = ()) -> Iterator[
 def test_the_walk_sees_nested_and_mapped_options() -> None:
     paths = {".".join(p) for p in option_paths()}
     assert {"rate_limit.burst", "messages.filter.patterns", "backend.redis.url",
-            "rate_limit.per_type.*.burst", "rooms.namespaces.*.history_size"} <= paths
+            "rate_limit.per_type.*.burst", "rooms.namespaces.*.history_size",
+            "presence.grace_period", "typing.timeout", "notifications.ttl", "inbox.size"} <= paths
 
 
 # --- the shipped files ----------------------------------------------------------------------
 def test_websocket_yaml_is_exactly_the_built_in_defaults() -> None:
-    loaded = load_config(ROOT / "websocket.yaml", env={})
-    assert loaded.config == Config()
+    loaded = load_with_plugins(ROOT / "websocket.yaml", env={})
+    assert {k: getattr(loaded.config, k) for k in Config.model_fields} == dict(Config())
+    for path, model in _builtin_sections().items():
+        assert loaded.config.plugin_config(path) == model(), path
     assert loaded.config.plugins.enabled == ["chat", "typing", "presence", "notification"]
     assert loaded.config.auth.secret == DEV_SECRET
     assert loaded.warnings == []
@@ -138,7 +155,7 @@ def _undocumented(model: Any, node: yaml.MappingNode, path: tuple[str, ...],
 
 def test_websocket_yaml_documents_every_option_with_its_default() -> None:
     text = (ROOT / "websocket.yaml").read_text(encoding="utf-8")
-    problems = list(_undocumented(Config, yaml.compose(text), (), text.splitlines()))
+    problems = list(_undocumented(DOCUMENTED, yaml.compose(text), (), text.splitlines()))
     assert problems == [], "websocket.yaml must list and comment every option:\n" + "\n".join(problems)
 
 
@@ -164,7 +181,7 @@ def test_docs_have_a_row_for_every_option() -> None:
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "config").glob("*.yaml")))
 def test_example_configs_are_valid_without_warnings(name: str) -> None:
-    loaded = load_config(ROOT / "config" / name, env=PRODUCTION_ENV)
+    loaded = load_with_plugins(ROOT / "config" / name, env=PRODUCTION_ENV)
     assert loaded.warnings == []
 
 
@@ -195,9 +212,16 @@ def test_no_file_means_the_defaults() -> None:
     assert loaded.config == Config() and loaded.warnings == [] and loaded.env == []
 
 
-@pytest.mark.parametrize("text", ["", "# only comments\n", "---\n", "presence:\nserver:\n"])
+@pytest.mark.parametrize("text", ["", "# only comments\n", "---\n", "rooms:\nserver:\n"])
 def test_empty_file_or_empty_sections_mean_the_defaults(tmp_path: Path, text: str) -> None:
     assert load(tmp_path, text).config == Config()
+
+
+def test_an_empty_plugin_section_means_its_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "websocket.yaml"
+    path.write_text("presence:\nserver:\n", encoding="utf-8")
+    loaded = load_with_plugins(path, env={})
+    assert loaded.config.plugin_config(("presence",)) == PresenceConfig() and loaded.warnings == []
 
 
 @pytest.mark.parametrize("text, noun", [("- server\n- auth\n", "a list"), ("just words\n", "a string"),
@@ -620,9 +644,9 @@ def test_unknown_plugin_keys_are_warnings_with_a_did_you_mean(tmp_path: Path) ->
         "presence.grace_perid: unknown key (did you mean 'grace_period'?)",
     ]  # and receipts, claimed by a plugin, is not an unknown section
     assert loaded.config.plugin_config(("receipts",)) == ReceiptOptions(rooms=["general"])
-    # the same file without the hook: receipts is unknown, plugins.chat is not looked into
-    assert load(tmp_path, text).warnings == [
-        "receipts: unknown section", "presence.grace_perid: unknown key (did you mean 'grace_period'?)"]
+    # the same file without the hook: the plugins' sections are unknown, plugins.chat is not
+    # looked into
+    assert load(tmp_path, text).warnings == ["receipts: unknown section", "presence: unknown section"]
 
 
 def test_a_model_that_forbids_unknown_keys_makes_them_errors_with_a_did_you_mean(tmp_path: Path) -> None:

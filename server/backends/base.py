@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol
 
 TargetKind = Literal["room", "user", "all"]
+#: seconds a user's ``last_seen`` is kept unless the presence plugin says otherwise (a week)
+LAST_SEEN_TTL = 604800.0
 
 
 
@@ -136,6 +138,10 @@ class PresenceStore(Protocol):
     async def mark_online(self, user_id: str) -> bool:
         """Note that the user was announced online; True when they had not been (the caller
         announces it), False while they still are (a second connection, a quick reconnect)."""
+        ...
+    def set_last_seen_ttl(self, seconds: float) -> None:
+        """How long ``last_seen`` is kept (default :data:`LAST_SEEN_TTL`); the presence plugin
+        sets its ``presence.last_seen_ttl`` at startup."""
         ...
     async def mark_offline(self, user_id: str) -> float | None:
         """When the user has no connection left and was announced online: record them offline,

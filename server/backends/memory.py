@@ -3,8 +3,9 @@ client resuming across a restart gets ``recovered: false`` instead of a silent g
 
 Everything kept for a user or a room that is gone has a bound (docs/operations.md, "Memory"):
 a room's members and a user's rooms and connections go with them; ``last_seen`` stays
-``presence.last_seen_ttl``, history messages ``history_ttl``, inbox messages ``inbox.ttl`` and
-unread notifications ``notifications.ttl``. A sweep every ``backend.sweep_interval`` seconds
+``presence.last_seen_ttl`` (set by the presence plugin; a week without it), history messages
+``history_ttl``, inbox messages ``inbox.ttl`` and a plugin's stored keys and stream entries their
+own ``ttl``. A sweep every ``backend.sweep_interval`` seconds
 drops what expired and forgets the streams and users left with nothing, whether or not anyone
 writes or reads again.
 """
@@ -22,7 +23,7 @@ import structlog
 
 from ..config import Config
 from .memory_store import MemoryStore, MemoryStoreData
-from .base import (DEFAULT_ROUTE, Deliver, HistoryPage, RoomInfo, Route, TargetKind,
+from .base import (LAST_SEEN_TTL, DEFAULT_ROUTE, Deliver, HistoryPage, RoomInfo, Route, TargetKind,
                    UserPresence)
 
 log = structlog.get_logger(__name__)
@@ -142,11 +143,14 @@ class _Presence:
 
 
 class MemoryPresenceStore:
-    def __init__(self, last_seen_ttl: float) -> None:
+    def __init__(self, last_seen_ttl: float = LAST_SEEN_TTL) -> None:
         self._online: dict[str, _Presence] = {}  # in the order users came online
         #: when each user's connections last dropped to none, oldest first
         self._last_seen: dict[str, float] = {}
         self._last_seen_ttl = last_seen_ttl
+
+    def set_last_seen_ttl(self, seconds: float) -> None:
+        self._last_seen_ttl = seconds
 
     async def add_connection(self, user_id: str, conn_id: str, info: dict[str, Any]) -> int:
         conns = self._online.setdefault(user_id, _Presence()).conns
@@ -375,7 +379,7 @@ class MemoryInbox:
 
 
 class MemoryBackend:
-    """``config`` gives the sweep's interval and ``presence.last_seen_ttl``, read once."""
+    """``config`` gives the sweep's interval, read once."""
 
     def __init__(self, node_id: str, config: Config | None = None) -> None:
         config = config or Config()
@@ -383,7 +387,7 @@ class MemoryBackend:
         epoch = secrets.token_hex(4)
         self.broker = MemoryBroker()
         self.rooms = MemoryRoomStore()
-        self.presence = MemoryPresenceStore(config.presence.last_seen_ttl)
+        self.presence = MemoryPresenceStore()
         self.history = MemoryHistory(epoch)
         self.inbox = MemoryInbox(epoch)
         self._store = MemoryStoreData()

@@ -11,16 +11,15 @@ from .env import ENV_PREFIX, ENV_SHORTHANDS, apply_env
 from .loader import LoadedConfig, PluginSections, load_config
 from .messages import validation_messages
 from .schema import (DEV_SECRET, ApiConfig, AuthConfig, BackendConfig, Config, FilterConfig,
-                     InboxConfig, LoggingConfig, MessagesConfig, MetricsConfig, NamespaceConfig,
-                     NotificationsConfig, PermissionsConfig, PluginsConfig, PresenceConfig,
-                     RateLimitConfig, RedisConfig, RoomOptions, RoomsConfig, SecurityConfig,
-                     ServerConfig, TypeRate, TypingConfig)
+                     LoggingConfig, MessagesConfig, MetricsConfig, NamespaceConfig,
+                     PermissionsConfig, PluginsConfig, RateLimitConfig, RedisConfig, RoomOptions,
+                     RoomsConfig, SecurityConfig, ServerConfig, TypeRate)
 
 __all__ = [
     "DEV_SECRET", "ENV_PREFIX", "ENV_SHORTHANDS", "ApiConfig", "AuthConfig", "BackendConfig",
-    "Config", "FieldError", "FilterConfig", "InboxConfig", "KeyPath", "LoadedConfig",
-    "LoggingConfig", "MessagesConfig", "MetricsConfig", "NamespaceConfig", "NotificationsConfig",
-    "PermissionsConfig", "PluginSections", "PluginsConfig", "PresenceConfig", "RateLimitConfig",
+    "Config", "FieldError", "FilterConfig", "KeyPath", "LoadedConfig",
+    "LoggingConfig", "MessagesConfig", "MetricsConfig", "NamespaceConfig",
+    "PermissionsConfig", "PluginSections", "PluginsConfig", "RateLimitConfig",
     "RedisConfig", "RoomOptions", "RoomsConfig", "SecurityConfig", "Section", "ServerConfig",
-    "TypeRate", "TypingConfig", "apply_env", "load_config", "validation_messages",
+    "TypeRate", "apply_env", "load_config", "validation_messages",
 ]

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
 from typing import Any, Literal, Mapping, get_args
 
 from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic.types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ..addresses import Origin
+from ..rooms import RoomOptions
 from .base import FieldError, KeyPath, Section, describe
 
 DEV_SECRET = "switchboard-dev-secret-change-me"
@@ -191,17 +191,6 @@ class RoomsConfig(Section):
         )
 
 
-@dataclass(frozen=True, slots=True)
-class RoomOptions:
-    history_size: int
-    history_ttl: float
-    presence: bool
-    join_leave_events: bool
-    client_publish: bool
-    max_members: int
-    allowed_roles: tuple[str, ...]
-
-
 class FilterConfig(Section):
     enabled: bool = False
     action: Literal["reject", "mask"] = "reject"
@@ -226,30 +215,6 @@ class MessagesConfig(Section):
     max_invalid_frames: PositiveInt = 20
     invalid_frames_window: PositiveFloat = 60.0
     filter: FilterConfig = FilterConfig()
-
-
-class InboxConfig(Section):
-    size: PositiveInt = 100
-    ttl: PositiveFloat = 604800.0
-
-
-class PresenceConfig(Section):
-    enabled: bool = True
-    grace_period: NonNegativeFloat = 5.0
-    last_seen_ttl: PositiveFloat = 604800.0
-    max_extra_bytes: PositiveInt = 512
-    max_query_users: PositiveInt = 100
-
-
-class TypingConfig(Section):
-    timeout: PositiveFloat = 5.0
-    messages_per_minute: PositiveInt = 60
-    burst: PositiveInt = 10
-
-
-class NotificationsConfig(Section):
-    max_per_user: PositiveInt = 100
-    ttl: PositiveFloat = 604800.0
 
 
 class PermissionsConfig(Section):
@@ -335,10 +300,6 @@ class Config(Section):
     rate_limit: RateLimitConfig = RateLimitConfig()
     rooms: RoomsConfig = RoomsConfig()
     messages: MessagesConfig = MessagesConfig()
-    inbox: InboxConfig = InboxConfig()
-    presence: PresenceConfig = PresenceConfig()
-    typing: TypingConfig = TypingConfig()
-    notifications: NotificationsConfig = NotificationsConfig()
     permissions: PermissionsConfig = PermissionsConfig()
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()

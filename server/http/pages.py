@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import aiohttp_jinja2
 import jinja2
@@ -32,7 +32,8 @@ def _static_dir() -> Path:
 
 STATIC_DIR = _static_dir()
 
-#: page feature -> the message type whose handler provides it
+#: page feature -> the message type the page sends for it (static/demo-*.js): shown when a
+#: plugin handles that type
 FEATURE_TYPES = {
     "history": "history",
     "private": "inbox.ack",
@@ -59,12 +60,19 @@ def setup(app: web.Application) -> None:
     app.router.add_static("/static/", STATIC_DIR)
 
 
+def _settings(handlers: dict[str, Any], type_: str) -> Mapping[str, Any]:
+    """The client settings of the plugin that handles ``type_`` (none when no plugin does)."""
+    handler = handlers.get(type_)
+    return handler.plugin.client_settings() if handler is not None else {}
+
+
 def page_config(request: web.Request) -> dict[str, Any]:
-    """What the page knows about this server (rendered into it as JSON)."""
+    """What the page knows about this server (rendered into it as JSON): its features are the
+    message types the registry has a handler for, with the handling plugins' client settings."""
     cfg = request.app[NODE].config
-    types = set(request.app[REGISTRY].handlers)
-    features = {name: type_ in types for name, type_ in FEATURE_TYPES.items()}
-    features["presence"] = features["presence"] and cfg.presence.enabled
+    handlers = request.app[REGISTRY].handlers
+    features = {name: type_ in handlers for name, type_ in FEATURE_TYPES.items()}
+    features["presence"] = features["presence"] and _settings(handlers, "presence").get("enabled", True)
     return {
         "ws_path": cfg.server.ws_path.lstrip("/"),
         "dev_login": cfg.auth.dev_login,
@@ -73,7 +81,7 @@ def page_config(request: web.Request) -> dict[str, Any]:
             "max_message_length": cfg.messages.max_message_length,
             "max_rooms_per_user": cfg.rooms.max_rooms_per_user,
             "allow_client_create": cfg.rooms.allow_client_create,
-            "typing_timeout": cfg.typing.timeout,
+            "typing_timeout": _settings(handlers, "typing").get("timeout", 5.0),
         },
         "default_rooms": list(cfg.rooms.default_rooms),
         "roles": {"admin": list(cfg.api.admin_roles), "notify": list(cfg.permissions.notify)},
