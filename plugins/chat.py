@@ -26,7 +26,7 @@ class InboxConfig(PluginConfig):
     connection wait in their inbox (docs/configuration.md)."""
 
     # unknown keys are the config loader's warnings, as for the core's sections
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore")
     size: int = Field(100, gt=0, description="messages kept per user; the oldest go first")
     ttl: float = Field(604800.0, gt=0, description="seconds a message waits")
 

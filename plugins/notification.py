@@ -19,7 +19,7 @@ class NotificationsConfig(PluginConfig):
     """The ``notifications`` section of websocket.yaml (docs/configuration.md)."""
 
     # unknown keys are the config loader's warnings, as for the core's sections
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore")
     max_per_user: int = Field(100, gt=0, description="unread notifications kept per user")
     ttl: float = Field(604800.0, gt=0, allow_inf_nan=False, description="seconds one is kept")
 

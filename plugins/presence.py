@@ -30,7 +30,7 @@ class PresenceConfig(PluginConfig):
     """The ``presence`` section of websocket.yaml (docs/configuration.md)."""
 
     # unknown keys are the config loader's warnings, as for the core's sections
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore")
     enabled: bool = True
     grace_period: float = Field(5.0, ge=0, allow_inf_nan=False)
     last_seen_ttl: float = Field(604800.0, gt=0, allow_inf_nan=False)

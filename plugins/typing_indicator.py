@@ -24,7 +24,7 @@ class TypingConfig(PluginConfig):
     """The ``typing`` section of websocket.yaml (docs/configuration.md)."""
 
     # unknown keys are the config loader's warnings, as for the core's sections
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore")
     timeout: float = Field(5.0, gt=0, allow_inf_nan=False)
     messages_per_minute: int = Field(60, gt=0)
     burst: int = Field(10, gt=0)

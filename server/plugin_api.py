@@ -50,15 +50,14 @@ from typing import (
     Protocol,
     TypeVar,
     Union,
-    get_args,
 )
 
 import structlog
-from pydantic import (BaseModel, ConfigDict, Field, ValidationInfo, create_model, field_validator,
-                      model_validator)
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from .backends.base import HistoryPage, Store, UserPresence
 from .buckets import TokenBucket
+from .config.base import StrictModel
 from .errors import CloseConnection, MessageRejected
 from .identity import User
 from .protocol import CloseCode, Envelope, ErrorCode
@@ -116,30 +115,13 @@ def handles(type_: str, *, schema: SchemaSpec = None, description: str = "") -> 
     return mark
 
 
-class PluginConfig(BaseModel):
-    """Base for a plugin's ``Config`` model, with the core sections' rules: frozen; a misspelt
-    key is a startup error (``plugins.<name>.<key>: unknown key (did you mean ...)``) rather
-    than silently ignored; a section left empty takes the defaults; numbers are finite and
-    ``true`` is not a number."""
+class PluginConfig(StrictModel):
+    """Base for a plugin's ``Config`` model, with the core sections' rules (frozen, an empty
+    section takes the defaults, finite numbers, ``true`` is not a number); a misspelt key is a
+    startup error (``plugins.<name>.<key>: unknown key (did you mean ...)``) rather than
+    silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True,
-                              allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _empty_is_defaults(cls, data: Any) -> Any:
-        return {} if data is None else data
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name is not None:
-            kinds = set(get_args(cls.model_fields[info.field_name].annotation)) or {
-                cls.model_fields[info.field_name].annotation}
-            if kinds & {int, float} and bool not in kinds:
-                noun = "an integer" if int in kinds else "a number"
-                raise ValueError(f"must be {noun}, got {str(value).lower()}")
-        return value
+    model_config = ConfigDict(extra="forbid")
 
 
 # --- what a plugin sees of the server ---------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, TypeVar, get_args
+from typing import Any, Mapping, Protocol, TypeVar, get_args
 
 import structlog
 from aiohttp import web
@@ -22,7 +22,6 @@ from pydantic import BaseModel
 from .config import Config, KeyPath, LoggingConfig
 from .errors import ConfigError, PluginError
 from .log import set_level
-from .http.guards import UpgradeGuard
 from .pipeline import Pipeline, build_pipeline
 from .registry import Registry, load
 from .node import Node
@@ -95,8 +94,14 @@ def _with(old: M, new: M, path: KeyPath) -> M:
     return old.model_copy(update={head: value})
 
 
+class Guard(Protocol):
+    """The upgrade guard (``http/guards.py``), which re-reads its limits from a new config."""
+
+    def configure(self, config: Config) -> None: ...
+
+
 class Reloader:
-    def __init__(self, node: Node, guard: UpgradeGuard, pipeline: Pipeline,
+    def __init__(self, node: Node, guard: Guard, pipeline: Pipeline,
                  registry: Registry, overrides: Mapping[str, Any] | None = None,
                  env: Mapping[str, str] | None = None) -> None:
         self.node = node

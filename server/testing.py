@@ -40,7 +40,16 @@ Fixtures (function scope; each name starts with ``switchboard_``, so they meet n
     ``await switchboard_start(plugins=..., overrides=...)``: one more server; ``plugins``
     defaults to ``switchboard_plugins``, ``overrides`` are merged over ``switchboard_overrides``.
 
-When the test ends its clients are closed, then its servers stop (the plugins'
+A :class:`SwitchboardServer` has ``http`` (the aiohttp ``TestClient``: ``await
+server.http.get("/api/protocol")``), ``config``, ``app``, ``ws_url``, ``token(user_id,
+roles=...)``, ``auth_headers(user_id, roles=...)`` and ``await connect(user_id, roles=...)``,
+which returns a :class:`SwitchboardClient` once the server's ``connected`` frame came. A
+client's ``request(type_, **fields)`` sends a frame with a fresh ``id`` and returns the frame
+whose ``reply_to`` is that id, leaving the frames that came before it to be read;
+``recv_type(type_)`` returns the next frame of that type, ``recv()`` the next frame,
+``until_pong()`` every frame sent to it so far, ``closed()`` the close code; ``send``,
+``send_raw``, ``close``. Each wait lasts at most ``timeout`` (:data:`DEFAULT_TIMEOUT` unless
+given). When the test ends its clients are closed, then its servers stop (the plugins'
 ``on_shutdown`` run). Helpers: :func:`build_config` (for ``pytest.raises(ConfigError)`` around
 ``create_app``), :func:`merge`, :data:`TEST_SECRET`, :data:`DEFAULT_TIMEOUT`.
 

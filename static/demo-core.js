@@ -1,6 +1,16 @@
 // The demo page's shared ground: the config the server rendered into the page, the state every
-// feature reads (the client, the session, the user, the conversations, the people), and small
-// DOM helpers. The features are the other demo-*.js modules; demo.js wires them together.
+// feature reads (the client, the session, the user, the conversations, the people), small DOM
+// helpers, and `ui`, through which the features call each other. The features are the other
+// demo-*.js modules; demo.js wires them together.
+//
+// The imports go one way, so they never form a circle:
+//   demo.js -> every feature module -> demo-core.js (demo-connection.js also -> switchboard.js)
+// A feature module imports nothing of the page but this one. When a feature needs another's
+// function (a message's sender goes into demo-presence.js's people list), it calls it through
+// `ui`, which the owning module fills in its setup function (`Object.assign(ui, {...})`).
+// demo.js runs those setups before it signs in, and the calls only come from events after
+// that, so every slot is filled when it is used. A new cross-feature call: add its slot to
+// `ui` below, under the module that fills it.
 
 /** What the server says about itself (features, limits, dev login, roles): see server/http/pages.py. */
 export const cfg = JSON.parse(document.getElementById("sb-config").textContent);
@@ -17,8 +27,24 @@ export const app = {
   roles: [],
   active: null, // the key of the open conversation
 };
+
 export const convs = new Map(); // "r:<room>" | "u:<user id>" -> conversation
 export const people = new Map(); // user id -> {id, name, online, status}
+
+/** The features' functions that other features call; each module fills its own in its setup.
+ * Sealed: a name that is not listed here cannot be filled (a typo throws). */
+export const ui = Object.seal({
+  // demo-rooms.js
+  activate: null, ensureConv: null, renderConvLists: null, renderMeta: null,
+  // demo-messages.js
+  renderMessages: null, systemLine: null,
+  // demo-presence.js
+  seePerson: null,
+  // demo-private.js
+  openDm: null,
+  // demo-typing.js
+  renderTyping: null, stopTyping: null, typingInput: null, typingStopped: null,
+});
 
 // --- small helpers ----------------------------------------------------------------------------
 export const pageUrl = (path) => new URL(path, location.href);

@@ -1,9 +1,6 @@
 // The open conversation's messages (grouped by sender, own ones marked, pending until the
 // server's ack) and the composer: Enter sends, Shift+Enter starts a new line.
-import { $, F, app, avatar, convs, el, people, timeOf } from "./demo-core.js";
-import { seePerson } from "./demo-presence.js";
-import { ensureConv, renderConvLists } from "./demo-rooms.js";
-import { stopTyping, typingInput, typingStopped } from "./demo-typing.js";
+import { $, F, app, avatar, convs, el, people, timeOf, ui } from "./demo-core.js";
 
 const GROUP_MS = 5 * 60 * 1000; // messages of one sender closer than this share one header
 
@@ -19,19 +16,19 @@ export function addMessage(frame) {
   const key = keyOf(frame);
   if (frame.room == null && !F.private) return;
   const peerName = frame.from?.id === app.me?.id ? (people.get(frame.to)?.name || frame.to) : frame.from?.username;
-  const conv = ensureConv(key, peerName);
+  const conv = ui.ensureConv(key, peerName);
   if (frame.id != null) {
     if (conv.ids.has(frame.id)) return;
     conv.ids.add(frame.id);
   }
-  if (frame.from) seePerson(frame.from.id, frame.from.username);
-  stopTyping(key, frame.from?.id);
+  if (frame.from) ui.seePerson(frame.from.id, frame.from.username);
+  ui.stopTyping(key, frame.from?.id);
   const item = { kind: "msg", frame };
   conv.items.push(item);
   if (key === app.active) appendItem(item, conv.items[conv.items.length - 2]);
   else {
     conv.unread += 1;
-    renderConvLists();
+    ui.renderConvLists();
   }
 }
 
@@ -87,7 +84,7 @@ async function send() {
   if (!conv || !content) return;
   input.value = "";
   autosize();
-  typingStopped();
+  ui.typingStopped();
   const target = conv.kind === "room" ? { room: conv.id } : { to: conv.id };
   const frame = { type: "message", ...target, from: app.me, ts: new Date().toISOString(), data: { content } };
   const item = { kind: "msg", frame, pending: true };
@@ -113,6 +110,8 @@ function autosize() {
 }
 
 export function setupMessages() {
+  Object.assign(ui, { renderMessages, systemLine });
+
   $("composer").addEventListener("submit", (event) => {
     event.preventDefault();
     send();
@@ -127,6 +126,6 @@ export function setupMessages() {
 
   $("composer-input").addEventListener("input", () => {
     autosize();
-    typingInput();
+    ui.typingInput();
   });
 }

@@ -1,7 +1,6 @@
 // Notifications: pushed by the server (and replayed on each connect until read), listed with an
 // unread count on the panel and on the phone's tab, marked read with notification.read.
-import { $, app, el, timeOf } from "./demo-core.js";
-import { systemLine } from "./demo-messages.js";
+import { $, app, el, timeOf, ui } from "./demo-core.js";
 
 const notes = new Map(); // notification id -> {id, title, message, ts, read}
 
@@ -39,7 +38,7 @@ export function setupNotifications() {
       for (const id of ids) notes.get(id).read = true;
       renderNotes();
     } catch (err) {
-      systemLine(app.active, `Could not mark read: ${err.message}`);
+      ui.systemLine(app.active, `Could not mark read: ${err.message}`);
     }
   });
 }

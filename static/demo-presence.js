@@ -1,9 +1,6 @@
 // People and their status: who is online (GET /api/online), room-mates joining and leaving,
 // presence and user_status events, presence.query, and a selector for this user's own status.
-import { $, F, app, authedJson, avatar, convs, el, people } from "./demo-core.js";
-import { systemLine } from "./demo-messages.js";
-import { openDm } from "./demo-private.js";
-import { renderMeta } from "./demo-rooms.js";
+import { $, F, app, authedJson, avatar, convs, el, people, ui } from "./demo-core.js";
 
 /** Remember (or update) person `id`, with `change` ({online, status}). */
 export function seePerson(id, name, change = {}) {
@@ -27,13 +24,13 @@ export function memberEvent(frame, what) {
     seePerson(user.id, user.username, { online: true, status: people.get(user.id)?.status === "offline" ? "online" : people.get(user.id)?.status || "online" });
     if (F.presence) app.sb.queryPresence([user.id]).then(applyPresenceState, () => {});
   }
-  systemLine(`r:${room}`, `${user.username} ${what}`);
-  if (app.active === `r:${room}`) renderMeta();
+  ui.systemLine(`r:${room}`, `${user.username} ${what}`);
+  if (app.active === `r:${room}`) ui.renderMeta();
 }
 
 function applyPresenceState(users) {
   for (const u of users || []) seePerson(u.user_id, u.username, { online: !!u.online, status: u.online ? u.status || "online" : "offline" });
-  renderMeta();
+  ui.renderMeta();
 }
 
 /** The client's "presence" event: a room-mate set a status. */
@@ -42,7 +39,7 @@ export function onPresence(frame) {
   const id = data.user_id ?? frame.from?.id;
   const status = data.status || "online";
   seePerson(id, frame.from?.username || data.username, { online: status !== "offline", status });
-  renderMeta();
+  ui.renderMeta();
 }
 
 /** The client's "user_status" event: someone came online or went offline. */
@@ -53,7 +50,7 @@ export function onUserStatus(frame) {
   seePerson(data.user_id, data.username || frame.from?.username, {
     online, status: online ? (current?.status && current.status !== "offline" ? current.status : "online") : "offline",
   });
-  renderMeta();
+  ui.renderMeta();
 }
 
 /** Who is online now, from the HTTP API. */
@@ -76,7 +73,7 @@ function renderPeople() {
     const wrap = el("span", { class: "person-avatar" }, avatar(p.id, p.name),
       el("span", { class: "status-dot", dataset: { status }, "aria-hidden": "true" }));
     const action = F.private && p.id !== app.me?.id
-      ? el("button", { type: "button", class: "button ghost", text: "Message", "aria-label": `Message ${p.name}`, onclick: () => openDm(p.id) })
+      ? el("button", { type: "button", class: "button ghost", text: "Message", "aria-label": `Message ${p.name}`, onclick: () => ui.openDm(p.id) })
       : null;
     return el("li", { dataset: { user: p.id, status } }, wrap,
       el("span", { class: "person-text" },
@@ -86,13 +83,15 @@ function renderPeople() {
 }
 
 export function setupPresence() {
+  Object.assign(ui, { seePerson });
+
   $("status-select")?.addEventListener("change", async (event) => {
     const status = event.target.value;
     try {
       await app.sb.setStatus(status);
       seePerson(app.me.id, app.me.username, { status, online: true });
     } catch (err) {
-      systemLine(app.active, `Status not changed: ${err.message}`);
+      ui.systemLine(app.active, `Status not changed: ${err.message}`);
     }
   });
 }

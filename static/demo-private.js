@@ -2,19 +2,20 @@
 // list. Messages that came while this user was offline arrive from the server's inbox on the
 // next connection, as ordinary "message" events (demo-messages.js shows them); the client
 // acknowledges them (inbox.ack) so they do not come again.
-import { $, people, setView } from "./demo-core.js";
-import { activate, ensureConv } from "./demo-rooms.js";
+import { $, people, setView, ui } from "./demo-core.js";
 
 /** Open (or start) the private conversation with `userId` and put the cursor in the box. */
 export function openDm(userId) {
   const person = people.get(userId);
-  const conv = ensureConv(`u:${userId}`, person?.name || userId);
-  activate(conv.key);
+  const conv = ui.ensureConv(`u:${userId}`, person?.name || userId);
+  ui.activate(conv.key);
   setView("chat");
   $("composer-input").focus();
 }
 
 export function setupPrivate() {
+  Object.assign(ui, { openDm });
+
   $("dm-form")?.addEventListener("submit", (event) => {
     event.preventDefault();
     const id = $("dm-input").value.trim();

@@ -1,8 +1,6 @@
 // Conversations (rooms and private ones) in the side list, the open one, and rooms: joining,
 // creating, leaving, their history, the other rooms of the server, catching up after a reconnect.
-import { $, F, app, authedJson, convs, el, people, plural, save, setView } from "./demo-core.js";
-import { renderMessages, systemLine } from "./demo-messages.js";
-import { renderTyping } from "./demo-typing.js";
+import { $, F, app, authedJson, convs, el, people, plural, save, setView, ui } from "./demo-core.js";
 
 // --- conversations --------------------------------------------------------------------------------
 export function ensureConv(key, title) {
@@ -36,9 +34,9 @@ export function activate(key) {
   $("composer-input").disabled = $("send").disabled = !conv;
   $("composer-input").placeholder = conv ? `Message ${conv.kind === "room" ? "#" + conv.id : conv.title}` : "Write a message";
   renderMeta();
-  renderMessages();
+  ui.renderMessages();
   renderConvLists();
-  renderTyping();
+  ui.renderTyping();
 }
 
 /** The line under the title: a room's member count, or the peer's status. */
@@ -80,7 +78,7 @@ export async function joinRoom(room, { focus = true } = {}) {
       setView("chat");
     }
   } catch (err) {
-    systemLine(app.active, `Could not join #${room}: ${err.message}`);
+    ui.systemLine(app.active, `Could not join #${room}: ${err.message}`);
   }
 }
 
@@ -105,9 +103,9 @@ export function onJoined(frame) {
 export function onRejoined({ room, recovered, missed }) {
   const conv = convs.get(`r:${room}`);
   if (!conv) return;
-  if (recovered) systemLine(conv.key, missed ? `Reconnected: ${plural(missed, "missed message")} recovered` : "Reconnected");
+  if (recovered) ui.systemLine(conv.key, missed ? `Reconnected: ${plural(missed, "missed message")} recovered` : "Reconnected");
   else {
-    systemLine(conv.key, "Reconnected; some messages were too old to recover");
+    ui.systemLine(conv.key, "Reconnected; some messages were too old to recover");
     if (F.history) loadHistory(conv);
   }
 }
@@ -119,10 +117,10 @@ async function loadHistory(conv) {
     const fresh = messages.filter((m) => m.id != null && !conv.ids.has(m.id));
     for (const m of fresh) conv.ids.add(m.id);
     conv.items = [...fresh.map((frame) => ({ kind: "msg", frame })), ...conv.items];
-    if (conv.key === app.active) renderMessages();
+    if (conv.key === app.active) ui.renderMessages();
   } catch (err) {
     conv.history = false;
-    systemLine(conv.key, `History unavailable: ${err.message}`);
+    ui.systemLine(conv.key, `History unavailable: ${err.message}`);
   }
 }
 
@@ -141,6 +139,8 @@ export async function loadRooms() {
 }
 
 export function setupRooms() {
+  Object.assign(ui, { activate, ensureConv, renderConvLists, renderMeta });
+
   $("join-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const room = $("join-input").value.trim();
@@ -156,7 +156,7 @@ export function setupRooms() {
       await app.sb.leave(conv.id);
       dropConv(conv.key);
     } catch (err) {
-      systemLine(app.active, `Could not leave: ${err.message}`);
+      ui.systemLine(app.active, `Could not leave: ${err.message}`);
     }
   });
 

@@ -1,7 +1,7 @@
 // "alice is typing…": this user's typing goes out through the client (spaced by its
 // typingInterval; stopped when the box is emptied, sent or left), others' is shown for the
 // open conversation until they stop, send, or the server's typing timeout passes.
-import { $, F, app, cfg, convs } from "./demo-core.js";
+import { $, F, app, cfg, convs, ui } from "./demo-core.js";
 
 const typers = new Map(); // conversation key -> Map(user id -> {name, until})
 
@@ -54,5 +54,7 @@ export function renderTyping() {
 }
 
 export function setupTyping() {
+  Object.assign(ui, { renderTyping, stopTyping, typingInput, typingStopped });
+
   $("composer-input").addEventListener("blur", () => typingStopped());
 }

@@ -3,9 +3,10 @@
 // relative to the page, so the page also works behind a reverse proxy under a path prefix.
 //
 // One module per feature (ES modules, all from this server: the page's CSP allows nothing
-// else): demo-core.js (config, shared state, helpers), demo-connection.js (sign-in and the
-// connection state), demo-rooms.js (conversations, rooms, history), demo-messages.js (messages
-// and the composer), demo-private.js (private messages), demo-typing.js, demo-presence.js,
+// else): demo-core.js (config, shared state, helpers, and `ui`, through which the features call
+// each other, as they import only demo-core.js), demo-connection.js (sign-in and the connection
+// state), demo-rooms.js (conversations, rooms, history), demo-messages.js (messages and the
+// composer), demo-private.js (private messages), demo-typing.js, demo-presence.js,
 // demo-notifications.js, demo-operator.js. This one wires them to the client and starts.
 import { $, FLASH, STORE, app, cfg, claimsOf, avatar, setupLayout } from "./demo-core.js";
 import { onState, setupConnection, showLogin, start } from "./demo-connection.js";

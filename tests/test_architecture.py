@@ -6,6 +6,7 @@ short enough to read."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,8 @@ MAX_LINES = 450
 #: imports only modules of its own layer or below (docs/architecture.md, "Layers").
 LAYERS: dict[int, tuple[str, ...]] = {
     1: ("server", "server.errors", "server.identity", "server.buckets", "server.addresses",
-        "server.rooms", "server.protocol", "server.protocol.*", "server.backends.base"),
+        "server.rooms", "server.protocol", "server.protocol.*", "server.backends.base",
+        "server.config.base"),
     2: ("server.config", "server.config.*", "server.backends", "server.backends.*", "server.log"),
     3: ("server.connection", "server.hub", "server.auth", "server.metrics"),
     4: ("server.plugin_api",),
@@ -175,3 +177,12 @@ def test_modules_are_short_enough_to_read() -> None:
     long = {str(p.relative_to(ROOT)): n for p in files
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_no_import_circle_among_the_browser_modules() -> None:
+    """static/*.js: the demo's feature modules talk through demo-core.js's ``ui`` registry."""
+    pattern = re.compile(r"""^\s*import\b[^;]*?\bfrom\s+["']\./([\w.-]+\.js)["']""", re.M | re.S)
+    edges = {p.name: set(pattern.findall(p.read_text(encoding="utf-8")))
+             for p in (ROOT / "static").glob("*.js")}
+    assert edges["demo.js"], "the walk must see demo.js's imports"
+    assert circles(edges) == []

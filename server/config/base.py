@@ -22,12 +22,12 @@ class FieldError(ValueError):
         self.key = key
 
 
-class Section(BaseModel):
-    """Base for every config section: frozen, unknown keys kept aside for warnings, a section
-    left empty in YAML (``presence:`` with nothing under it) takes its defaults, numbers are
-    finite and ``true`` is not a number."""
+class StrictModel(BaseModel):
+    """The rules every config model follows, the core's sections and the plugins' alike:
+    frozen, a section left empty in YAML (``presence:`` with nothing under it) takes its
+    defaults, numbers are finite and ``true`` is not a number."""
 
-    model_config = ConfigDict(extra="allow", frozen=True, validate_default=True, allow_inf_nan=False)
+    model_config = ConfigDict(frozen=True, validate_default=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -43,6 +43,12 @@ class Section(BaseModel):
                 noun = "an integer" if kind is int else "a number"
                 raise ValueError(f"must be {noun}, got {describe(value)}")
         return value
+
+
+class Section(StrictModel):
+    """Base for every core config section: unknown keys are kept aside for warnings."""
+
+    model_config = ConfigDict(extra="allow")
 
 
 def optional_of(annotation: Any) -> Any:
