@@ -6,9 +6,10 @@ private and system messages; history, inbox, presence and the plugins' stores).
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence, cast
 
 import structlog
 
@@ -24,6 +25,7 @@ from .metrics import Metrics
 from .protocol import ErrorCode, encode, frame, new_id
 
 if TYPE_CHECKING:
+    from .plugin_api import Connection as ConnectionView
     from .plugin_api import NodeAPI, Plugin
 
 log = structlog.get_logger(__name__)
@@ -41,6 +43,11 @@ def check_name(field: str, value: str) -> None:
         raise MessageRejected(ErrorCode.INVALID_MESSAGE,
                               f"'{field}' must be 1-{MAX_NAME_LENGTH} printable characters without "
                               f"leading or trailing spaces, got {value[:40]!r}")
+
+
+def _socket(conn: ConnectionView) -> Connection:
+    """The core's connection behind what a plugin holds (plugins see the Protocol only)."""
+    return cast(Connection, conn)
 
 
 class Stats:
@@ -64,10 +71,12 @@ class Node:
         self.metrics = Metrics()
         #: the enabled plugins, in config order (set by the app; a reload replaces them)
         self.plugins: Sequence["Plugin[Any]"] = ()
+        self._tasks: set[asyncio.Task[None]] = set()  # hooks run from the backend's sweep
         self._room_options: dict[str, RoomOptions] = {}
         self._room_options_of: RoomsConfig | None = None  # the config they were worked out from
 
     async def start(self) -> None:
+        self.backend.history.on_expired(self._history_expired)
         await self.backend.start(self._deliver)
         for room in self.config.rooms.default_rooms:
             await self.backend.rooms.create(room)
@@ -114,6 +123,12 @@ class Node:
                 return n
         return min(len(frames), max_count)
 
+    def _history_expired(self, room: str) -> None:
+        if self.plugins:
+            task = asyncio.get_running_loop().create_task(self._room_hook("on_history_expired", room))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
     async def _room_hook(self, hook: str, room: str) -> None:
         for plugin in self.plugins:
             try:
@@ -138,13 +153,13 @@ class Node:
     # --- sending --------------------------------------------------------------------------
     # ``exclude`` is a connection id, ``exclude_user`` a user id whose connections are skipped;
     # ``droppable`` frames are dropped for a slow client instead of closing it (typing).
-    def send_to_connection(self, conn: Connection, type_: str, data: Any = None,
+    def send_to_connection(self, conn: ConnectionView, type_: str, data: Any = None,
                            **fields: Any) -> bool:
         return self.send_frame(conn, frame(type_, data, **fields))
 
-    def send_frame(self, conn: Connection, message: dict[str, Any]) -> bool:
+    def send_frame(self, conn: ConnectionView, message: dict[str, Any]) -> bool:
         """Queue an already built frame on one connection."""
-        ok = conn.send(encode(message))
+        ok = _socket(conn).send(encode(message))
         if ok:
             self.stats.messages_out += 1
             self.metrics.sent(message["type"])
@@ -181,7 +196,7 @@ class Node:
         return message
 
     # --- rooms ----------------------------------------------------------------------------
-    async def join(self, conn: Connection, room: str, *, create: bool | None = None) -> int:
+    async def join(self, conn: ConnectionView, room: str, *, create: bool | None = None) -> int:
         """Join ``conn`` to ``room`` with every room rule checked; returns the member count."""
         cfg = self.config.rooms
         if room in conn.rooms:
@@ -211,18 +226,18 @@ class Node:
         if room not in mine and await rooms.member_count(room) >= cap:
             raise MessageRejected(ErrorCode.ROOM_FULL, f"room {room!r} has its maximum of {cap} members")
         count = await rooms.add_member(room, conn.user.id, conn.id)
-        self.hub.subscribe(room, conn)
+        self.hub.subscribe(room, _socket(conn))
         if room not in mine and opts.join_leave_events:
             await self.send_to_room(room, "user_joined", {"room": room, "user": conn.user.public(),
                                                           "members_count": count}, exclude=conn.id)
         return count
 
-    async def leave(self, conn: Connection, room: str, *, closing: bool = False) -> int:
+    async def leave(self, conn: ConnectionView, room: str, *, closing: bool = False) -> int:
         """Leave ``room``; ``user_left`` goes to the others when the user's last connection in
         the room left."""
         if not closing and room not in conn.rooms:
             raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"you are not in room {room!r}")
-        self.hub.unsubscribe(room, conn)
+        self.hub.unsubscribe(room, _socket(conn))
         count, gone = await self.backend.rooms.remove_member(room, conn.user.id, conn.id)
         if gone and self.room_options(room).join_leave_events:
             await self.send_to_room(room, "user_left", {"room": room, "user": conn.user.public(),

@@ -271,6 +271,10 @@ class Plugin(Generic[C]):
     async def on_room_deleted(self, room: str) -> None:
         """Called on the node that deleted ``room`` (the HTTP API), after its history went."""
 
+    async def on_history_expired(self, room: str) -> None:
+        """Called when every kept message of ``room`` has expired (``history_ttl``): what a
+        plugin keeps about those messages (reactions, read marks) can go too."""
+
     async def on_shutdown(self) -> None:
         """Called once while the server stops (also when a later plugin's on_startup failed)."""
 

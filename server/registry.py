@@ -36,7 +36,8 @@ _TYPE = re.compile(r"[A-Za-z0-9_.:-]+")
 #: lifecycle hook -> the parameters it is called with after ``self``
 HOOKS: dict[str, tuple[str, ...]] = {"on_startup": (), "on_connect": ("ctx",),
                                      "on_disconnect": ("ctx",), "on_room_created": ("room",),
-                                     "on_room_deleted": ("room",), "on_shutdown": (),
+                                     "on_room_deleted": ("room",), "on_history_expired": ("room",),
+                                     "on_shutdown": (),
                                      "send_from_api": ("user_id", "type_", "data")}
 _ERROR_CODE = re.compile(r"[A-Z][A-Z0-9_]*")
 

@@ -188,6 +188,7 @@ class Reactions(Plugin[ReactionsConfig]):
     def __init__(self, config: ReactionsConfig, node: NodeAPI) -> None:
         super().__init__(config, node)
         self.room_events: list[tuple[str, str]] = []
+        self.history_gone = asyncio.Event()
 
     @handles("reaction.add", schema=reaction_schema)
     async def add(self, ctx: Context[ReactionsConfig], data: Any) -> None:
@@ -215,3 +216,7 @@ class Reactions(Plugin[ReactionsConfig]):
 
     async def on_room_deleted(self, room: str) -> None:
         self.room_events.append(("deleted", room))
+
+    async def on_history_expired(self, room: str) -> None:
+        self.room_events.append(("history expired", room))
+        self.history_gone.set()

@@ -19,6 +19,7 @@ def test_wheel_ships_static_files_and_plugin_entry_points(tmp_path: Path) -> Non
     for f in (ROOT / "static").iterdir():
         assert any(n.endswith(f"/data/share/switchboard/static/{f.name}") for n in names), f.name
     assert "server/app.py" in names and "plugins/chat.py" in names
+    assert "server/py.typed" in names and "server/tools/client.py" in names  # PEP 561; tools/
     entry_points = zipfile.ZipFile(wheel).read(
         next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     for line in ("switchboard = server.cli:main", "chat = plugins.chat:ChatPlugin",

@@ -5,11 +5,13 @@ cleaned descriptions, and ``GET /api/protocol`` listing all of it."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Awaitable, Callable
 
 from aiohttp.test_utils import TestClient
 
-from server.keys import REGISTRY
+from server.keys import NODE, REGISTRY
 from tests.conftest import connector
 
 MakeServer = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -82,3 +84,16 @@ async def test_room_hooks_see_rooms_created_and_deleted(make_server: MakeServer)
     resp = await client.delete("/api/rooms/ops", headers=headers)
     assert resp.status in (200, 204), await resp.text()
     assert plugin.room_events == [("created", "fresh"), ("created", "ops"), ("deleted", "ops")]
+
+
+async def test_a_hook_hears_when_a_rooms_history_expired(make_server: MakeServer) -> None:
+    client = await make_server({**config(), "rooms": {"history_ttl": 60}})
+    plugin = next(p for p in client.app[REGISTRY].plugins if p.name == "reactions")
+    alice = await connector(client)("alice")
+    await alice.request("join", room="lobby")
+    await alice.request("message", room="lobby", data={"content": "soon gone"})
+    client.app[NODE].backend.sweep(time.time() + 30)  # type: ignore[attr-defined]
+    assert not plugin.history_gone.is_set()  # kept for 60 s
+    client.app[NODE].backend.sweep(time.time() + 61)  # type: ignore[attr-defined]
+    await asyncio.wait_for(plugin.history_gone.wait(), 5)
+    assert plugin.room_events[-1] == ("history expired", "lobby")

@@ -192,6 +192,10 @@ class History(Protocol):
     async def drop(self, room: str) -> None:
         """Forget the kept messages; offsets go on from where they were."""
         ...
+    def on_expired(self, callback: Callable[[str], None]) -> None:
+        """Have ``callback(room)`` called when every kept message of a room has expired (its
+        history is empty now); not for :meth:`drop`."""
+        ...
 
 
 class Inbox(Protocol):

@@ -17,7 +17,7 @@ import itertools
 import secrets
 import time
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -311,17 +311,24 @@ class _Streams:
         stream.add(message, size=size, ttl=ttl, now=time.time())
         return offset
 
-    def sweep(self, now: float) -> None:
-        """Drop the expired items of every stream; forget the streams left empty."""
+    def sweep(self, now: float) -> list[str]:
+        """Drop the expired items of every stream; forget the streams left empty and return
+        their keys."""
         empty = []
         for key, stream in self._streams.items():
             stream.expire(now)
             if not stream.items:
                 empty.append(key)
-        floors = self._floors
         for key in empty:
+            self.forget(key)
+        return empty
+
+    def forget(self, key: str) -> None:
+        """Drop ``key``'s stream; its numbering goes on from its slot's floor."""
+        stream = self._streams.pop(key, None)
+        if stream is not None:
             slot = self._slot(key)
-            floors[slot] = max(floors[slot], self._streams.pop(key).seq)
+            self._floors[slot] = max(self._floors[slot], stream.seq)
 
 
 class MemoryHistory:
@@ -329,6 +336,7 @@ class MemoryHistory:
 
     def __init__(self, epoch: str) -> None:
         self._streams = _Streams(epoch)
+        self._expired: Callable[[str], None] | None = None
 
     async def append(self, room: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
         return self._streams.add(room, message, size=size, ttl=ttl)
@@ -347,10 +355,15 @@ class MemoryHistory:
         return self._streams.offset(self._streams.read(room).seq)
 
     async def drop(self, room: str) -> None:
-        self._streams.read(room).items.clear()
+        self._streams.forget(room)
+
+    def on_expired(self, callback: Callable[[str], None]) -> None:
+        self._expired = callback
 
     def sweep(self, now: float) -> None:
-        self._streams.sweep(now)
+        for room in self._streams.sweep(now):
+            if self._expired is not None:
+                self._expired(room)
 
 
 class MemoryInbox:
