@@ -132,6 +132,11 @@ class Connection(Protocol):
     def id(self) -> str: ...
     @property
     def user(self) -> User: ...
+    #: the client's address (after trusted proxies), Unix seconds it connected, and when its
+    #: token expires (None: never)
+    remote: str
+    connected_at: float
+    expires_at: float | None
     #: the rooms this connection is in
     rooms: set[str]
     #: free per-connection state, keyed by plugin name (``ctx.state`` is this plugin's)

@@ -44,3 +44,14 @@ def test_plugin_api_testing_and_plugins_pass_mypy_strict(
     print(output)
     assert "No module named mypy" not in output, "mypy is in the test extra: pip install -e '.[test]'"
     assert result.returncode == 0 and "Success: no issues found" in result.stdout, output
+
+
+def test_the_node_implements_the_plugin_api_facade(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """server/node.py returns a Node where a NodeAPI is expected (under TYPE_CHECKING): mypy
+    fails there the day Node stops implementing what plugins are promised."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--follow-imports=silent",
+         "--cache-dir", str(cache_dir(tmp_path_factory)), "server/node.py"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0 and "Success: no issues found" in result.stdout, output
