@@ -66,6 +66,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
     UNSUPPORTED_DATA = 1003
+    ABNORMAL = 1006  # never sent: what a client sees when the connection dropped
     INVALID_UTF8 = 1007
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
@@ -100,24 +101,28 @@ class CloseInfo:
         return self.action != "stop"
 
 
+def _close(code: "CloseCode", action: Action, meaning: str, backoff: float = 0.25) -> CloseInfo:
+    return CloseInfo(int(code), code.name, action, meaning, backoff)
+
+
 CLOSE_CODES: tuple[CloseInfo, ...] = (
-    CloseInfo(1000, "NORMAL", "stop", "normal closure"),
-    CloseInfo(1001, "GOING_AWAY", "reconnect", "server going away"),
-    CloseInfo(1002, "PROTOCOL_ERROR", "stop", "protocol error"),
-    CloseInfo(1003, "UNSUPPORTED_DATA", "stop", "unsupported data"),
-    CloseInfo(1006, "ABNORMAL", "reconnect", "the connection dropped (never sent)"),
-    CloseInfo(1007, "INVALID_UTF8", "stop", "invalid UTF-8"),
-    CloseInfo(1009, "MESSAGE_TOO_BIG", "stop", "frame too big"),
-    CloseInfo(1011, "INTERNAL_ERROR", "reconnect", "server error"),
-    CloseInfo(1013, "TRY_AGAIN_LATER", "reconnect", "server overloaded", backoff=2.0),
-    CloseInfo(4001, "TOKEN_EXPIRED", "token", "token expired"),
-    CloseInfo(4008, "SLOW_CONSUMER", "reconnect", "too slow to read"),
-    CloseInfo(4010, "HEARTBEAT_TIMEOUT", "reconnect", "heartbeat timeout"),
-    CloseInfo(4013, "RATE_LIMITED", "reconnect", "rate limited"),
-    CloseInfo(4500, "AUTH_FAILED", "stop", "authentication failed"),
-    CloseInfo(4501, "TOO_MANY_INVALID", "stop", "too many invalid frames"),
-    CloseInfo(4503, "KICKED", "stop", "kicked or token revoked"),
-    CloseInfo(4507, "FORBIDDEN", "stop", "forbidden"),
+    _close(CloseCode.NORMAL, "stop", "normal closure"),
+    _close(CloseCode.GOING_AWAY, "reconnect", "server going away"),
+    _close(CloseCode.PROTOCOL_ERROR, "stop", "protocol error"),
+    _close(CloseCode.UNSUPPORTED_DATA, "stop", "unsupported data"),
+    _close(CloseCode.ABNORMAL, "reconnect", "the connection dropped (never sent)"),
+    _close(CloseCode.INVALID_UTF8, "stop", "invalid UTF-8"),
+    _close(CloseCode.MESSAGE_TOO_BIG, "stop", "frame too big"),
+    _close(CloseCode.INTERNAL_ERROR, "reconnect", "server error"),
+    _close(CloseCode.TRY_AGAIN_LATER, "reconnect", "server overloaded", backoff=2.0),
+    _close(CloseCode.TOKEN_EXPIRED, "token", "token expired"),
+    _close(CloseCode.SLOW_CONSUMER, "reconnect", "too slow to read"),
+    _close(CloseCode.HEARTBEAT_TIMEOUT, "reconnect", "heartbeat timeout"),
+    _close(CloseCode.RATE_LIMITED, "reconnect", "rate limited"),
+    _close(CloseCode.AUTH_FAILED, "stop", "authentication failed"),
+    _close(CloseCode.TOO_MANY_INVALID, "stop", "too many invalid frames"),
+    _close(CloseCode.KICKED, "stop", "kicked or token revoked"),
+    _close(CloseCode.FORBIDDEN, "stop", "forbidden"),
 )
 #: codes not in the catalogue: 4000-4499 reconnect, 4500-4999 stop, any other reconnects
 CLOSE_RANGES: tuple[tuple[int, int, Action], ...] = ((4000, 4499, "reconnect"), (4500, 4999, "stop"))
