@@ -42,6 +42,7 @@ def create_app(config: Config, *, config_path: str | None = None,
     app[REGISTRY] = registry
     app[PIPELINE] = build_pipeline(config, registry.stages)
     app[RELOADER] = Reloader(node, guard, app[PIPELINE], registry, overrides)
+    node.control_ops["reload"] = app[RELOADER].on_control
     app[HTTP_SESSIONS] = HttpSessions()
     app.router.add_get(config.server.ws_path, websocket_handler)
     app.router.add_routes(api.routes)

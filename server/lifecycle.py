@@ -32,7 +32,7 @@ async def connected(node: Node, registry: Registry, conn: Connection, claims: di
     ``rooms`` is the ``?rooms=`` query (comma-separated); ``reply_to`` the id of the auth frame
     the ``connected`` frame answers, if one did."""
     hub = node.hub
-    hub.add(conn)
+    await node.attach(conn)
     node.metrics.connection_opened()
     conn.start()
     if hub.draining:  # admitted just before the drain began: close_all() did not see it
@@ -79,7 +79,7 @@ async def _open(node: Node, registry: Registry, conn: Connection, claims: dict[s
 
 async def _close(node: Node, registry: Registry, conn: Connection) -> None:
     ws = conn.ws
-    node.hub.remove(conn)
+    await node.detach(conn)
     await conn.finish()
     if not ws.closed:
         code = conn.close_code or CloseCode.NORMAL

@@ -9,8 +9,9 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from typing import TYPE_CHECKING, Any, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Sequence, cast
 
+import orjson
 import structlog
 
 from .auth import Authenticator
@@ -22,7 +23,7 @@ from .errors import MessageRejected
 from .hub import Hub
 from .identity import User
 from .metrics import Metrics
-from .protocol import ErrorCode, encode, frame, new_id
+from .protocol import CloseCode, ErrorCode, encode, frame, new_id
 
 if TYPE_CHECKING:
     from .plugin_api import Connection as ConnectionView
@@ -71,13 +72,22 @@ class Node:
         self.metrics = Metrics()
         #: the enabled plugins, in config order (set by the app; a reload replaces them)
         self.plugins: Sequence["Plugin[Any]"] = ()
-        self._tasks: set[asyncio.Task[None]] = set()  # hooks run from the backend's sweep
+        self._tasks: set[asyncio.Task[None]] = set()  # work started from a sync callback
+        #: the broker channels this node is subscribed to; changed under the lock only
+        self._channels: set[tuple[TargetKind, str]] = set()
+        self._channels_lock = asyncio.Lock()
+        #: control operation -> what this node does when one arrives (``control``)
+        self.control_ops: dict[str, Callable[[dict[str, Any]], None]] = {
+            "room_deleted": self._room_deleted, "disconnect": self._disconnect,
+            "revoke": self._revoke}
         self._room_options: dict[str, RoomOptions] = {}
         self._room_options_of: RoomsConfig | None = None  # the config they were worked out from
 
     async def start(self) -> None:
         self.backend.history.on_expired(self._history_expired)
         await self.backend.start(self._deliver)
+        await self._want("all", "")
+        await self._want("control", "")
         for room in self.config.rooms.default_rooms:
             await self.backend.rooms.create(room)
         self.hub.start()
@@ -87,6 +97,9 @@ class Node:
         await self.backend.close()
 
     def _deliver(self, kind: TargetKind, key: str, payload: bytes, route: Route) -> None:
+        if kind == "control":
+            self._apply_control(payload)
+            return
         started = time.perf_counter()
         sent = self.hub.deliver(kind, key, payload, route)
         self.stats.messages_out += sent
@@ -128,6 +141,74 @@ class Node:
             task = asyncio.get_running_loop().create_task(self._room_hook("on_history_expired", room))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    # --- channels: subscribed while this node has a connection that needs them ---------------
+    def _spawn(self, work: Any) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _want(self, kind: TargetKind, key: str) -> None:
+        async with self._channels_lock:
+            if (kind, key) not in self._channels:
+                await self.backend.broker.subscribe(kind, key)
+                self._channels.add((kind, key))
+
+    async def _release(self, kind: TargetKind, key: str) -> None:
+        """Unsubscribe unless a local connection needs the channel again (checked under the
+        lock, so a join racing the last leave keeps its subscription)."""
+        async with self._channels_lock:
+            local = self.hub.by_room if kind == "room" else self.hub.by_user
+            if (kind, key) in self._channels and key not in local:
+                self._channels.discard((kind, key))
+                await self.backend.broker.unsubscribe(kind, key)
+
+    async def attach(self, conn: Connection) -> None:
+        """A connection opens on this node: it receives its user's frames from now on."""
+        self.hub.add(conn)
+        await self._want("user", conn.user.id)
+
+    async def detach(self, conn: Connection) -> None:
+        self.hub.remove(conn)
+        await self._release("user", conn.user.id)
+        for room in conn.rooms:
+            await self._release("room", room)
+
+    # --- control: operations every node applies to its own connections ---------------------
+    async def control(self, op: str, **data: Any) -> None:
+        """Have every node (this one first) apply ``op`` (``control_ops``) with ``data``."""
+        await self.backend.broker.publish("control", "", encode({"op": op, "origin": self.node_id,
+                                                                 **data}))
+
+    def _apply_control(self, payload: bytes) -> None:
+        message = orjson.loads(payload)
+        action = self.control_ops.get(message.get("op"))
+        if action is None:
+            log.warning("control_unknown", op=message.get("op"))
+            return
+        try:
+            action(message)
+        except Exception:
+            log.exception("control_failed", op=message.get("op"))
+
+    def _room_deleted(self, message: dict[str, Any]) -> None:
+        room = message["room"]
+        for conn in tuple(self.hub.by_room.get(room, {}).values()):
+            self.hub.unsubscribe(room, conn)
+            self.send_to_connection(conn, "left", {"room": room, "members_count": 0,
+                                                   "reason": "deleted"}, room=room)
+        self._spawn(self._release("room", room))
+
+    def _disconnect(self, message: dict[str, Any]) -> None:
+        for conn in self.hub.user_connections(message["user_id"]):
+            if not conn.closing:
+                conn.close(message["code"], message["reason"])
+
+    def _revoke(self, message: dict[str, Any]) -> None:
+        self.auth.revocations.revoke(message["jti"], message.get("exp"))
+        for conn in tuple(self.hub.connections.values()):
+            if not conn.closing and conn.user.claims.get("jti") == message["jti"]:
+                conn.close(CloseCode.KICKED, "token revoked")
 
     async def _room_hook(self, hook: str, room: str) -> None:
         for plugin in self.plugins:
@@ -227,6 +308,7 @@ class Node:
             raise MessageRejected(ErrorCode.ROOM_FULL, f"room {room!r} has its maximum of {cap} members")
         count = await rooms.add_member(room, conn.user.id, conn.id)
         self.hub.subscribe(room, _socket(conn))
+        await self._want("room", room)
         if room not in mine and opts.join_leave_events:
             await self.send_to_room(room, "user_joined", {"room": room, "user": conn.user.public(),
                                                           "members_count": count}, exclude=conn.id)
@@ -238,6 +320,7 @@ class Node:
         if not closing and room not in conn.rooms:
             raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"you are not in room {room!r}")
         self.hub.unsubscribe(room, _socket(conn))
+        await self._release("room", room)
         count, gone = await self.backend.rooms.remove_member(room, conn.user.id, conn.id)
         if gone and self.room_options(room).join_leave_events:
             await self.send_to_room(room, "user_left", {"room": room, "user": conn.user.public(),
@@ -245,16 +328,12 @@ class Node:
         return count
 
     async def delete_room(self, room: str) -> bool:
-        """Delete ``room`` and its history; its members get ``left`` with ``reason: deleted``.
-        False when there was no such room. (This node's members: the Redis backend will need
-        a cluster-wide notice.)"""
+        """Delete ``room`` and its history; its members, on every node, get ``left`` with
+        ``reason: deleted``. False when there was no such room."""
         if not await self.backend.rooms.delete(room):
             return False
         await self.backend.history.drop(room)
-        for conn in tuple(self.hub.by_room.get(room, {}).values()):
-            self.hub.unsubscribe(room, conn)
-            self.send_to_connection(conn, "left", {"room": room, "members_count": 0,
-                                                   "reason": "deleted"}, room=room)
+        await self.control("room_deleted", room=room)  # every node's members get left
         log.info("room_deleted", room=room)
         await self._room_hook("on_room_deleted", room)
         return True
@@ -304,10 +383,10 @@ class Node:
         the room's members. Returns the frame."""
         opts = self.room_options(room)
         message = frame(type_, data, room=room, sender=sender)
-        await self.backend.history.append(room, message, size=opts.history_size, ttl=opts.history_ttl)
         no_echo = sender is not None and not self.config.messages.echo_to_sender
-        await self.publish_room(room, message, exclude=exclude,
-                                exclude_user=sender["id"] if sender and no_echo else None)
+        await self.backend.broker.publish_kept(
+            room, message, size=opts.history_size, ttl=opts.history_ttl,
+            route=Route(exclude, sender["id"] if sender and no_echo else None))
         return message
 
     async def send_private(self, to: str, data: Any, *, sender: dict[str, Any],

@@ -124,8 +124,10 @@ class Reloader:
             raise ConfigError(exc.errors, loaded.warnings) from None
         return loaded.config, loaded.warnings
 
-    async def reload(self) -> Reloaded:
-        """Re-read the file and apply it; raises ConfigError (nothing changed) when invalid."""
+    async def reload(self, *, everywhere: bool = True) -> Reloaded:
+        """Re-read the file and apply it; raises ConfigError (nothing changed) when invalid.
+        Then, unless ``everywhere`` is off, every other node re-reads its own file too (the
+        control channel's ``reload``)."""
         async with self._lock:
             source = self.node.config_path or "(no file: defaults and environment)"
             try:
@@ -152,7 +154,9 @@ class Reloader:
                 set_level(config.logging.level)
             for warning in warnings:
                 log.warning("config_warning", detail=warning)
-            return result
+        if everywhere:
+            await self.node.control("reload")
+        return result
 
     async def _apply(self, old: Config, config: Config) -> None:
         node = self.node
@@ -168,16 +172,21 @@ class Reloader:
             if room not in old.rooms.default_rooms:
                 await node.backend.rooms.create(room)
 
-    def reload_soon(self) -> None:
+    def reload_soon(self, everywhere: bool = True) -> None:
         """For a signal handler: reload in a task of its own (one after the other when signals
         come quickly); the outcome is logged."""
-        task = asyncio.get_running_loop().create_task(self._reload_logged())
+        task = asyncio.get_running_loop().create_task(self._reload_logged(everywhere))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _reload_logged(self) -> None:
+    def on_control(self, message: dict[str, Any]) -> None:
+        """The control channel's ``reload`` from another node: re-read this node's file."""
+        if message.get("origin") != self.node.node_id:
+            self.reload_soon(everywhere=False)
+
+    async def _reload_logged(self, everywhere: bool = True) -> None:
         try:
-            await self.reload()
+            await self.reload(everywhere=everywhere)
         except ConfigError:
             pass  # logged with its errors; the old config stays
         except Exception:

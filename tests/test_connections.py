@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import WSMsgType
 
-import server.node
+import server.backends.memory
 from tests.conftest import WS, connector, make_token
 
 
@@ -115,13 +115,13 @@ async def test_fan_out_encodes_once_for_all_recipients(connect: Any, monkeypatch
     for ws in members:
         await ws.request("join", room="r")
     calls: list[Any] = []
-    real = server.node.encode
+    real = server.backends.memory.encode  # a room message is encoded where it is kept
 
     def counting(obj: Any) -> bytes:
         calls.append(obj.get("type"))
         return real(obj)
 
-    monkeypatch.setattr(server.node, "encode", counting)
+    monkeypatch.setattr(server.backends.memory, "encode", counting)
     await members[0].request("message", room="r", data={"content": "once"})
     frames = [await ws.recv_type("message") for ws in members[1:]]
     assert len({json.dumps(f, sort_keys=True) for f in frames}) == 1  # the very same bytes

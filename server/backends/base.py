@@ -2,7 +2,11 @@
 only through these, so the memory implementation and the Redis one are interchangeable.
 
 Delivery follows Centrifuge: the hub knows only this node's connections; a publication goes to
-the broker, which hands it to every node (this one included) through ``Deliver``.
+the broker, which hands it to every node subscribed to its channel (this one included, at once
+and without a round trip) through ``Deliver``. A node subscribes to a room's channel on its
+first local member and unsubscribes after the last, to a user's while that user has a local
+connection, and to the broadcast and control channels for its whole life: no node reads what
+none of its connections needs.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Protocol
 
-TargetKind = Literal["room", "user", "all"]
+#: a channel's kind; with its key (a room id, a user id, "" for "all" and "control") a channel
+TargetKind = Literal["room", "user", "all", "control"]
 #: seconds a user's ``last_seen`` is kept unless the presence plugin says otherwise (a week)
 LAST_SEEN_TTL = 604800.0
 
@@ -35,8 +40,23 @@ Deliver = Callable[[TargetKind, str, bytes, Route], None]
 class Broker(Protocol):
     async def start(self, deliver: Deliver) -> None: ...
     async def close(self) -> None: ...
+    async def subscribe(self, kind: TargetKind, key: str) -> None:
+        """Receive the channel's publications from now on (idempotent)."""
+        ...
+    async def unsubscribe(self, kind: TargetKind, key: str) -> None:
+        """Stop receiving the channel (idempotent)."""
+        ...
     async def publish(self, kind: TargetKind, key: str, payload: bytes,
-                      route: Route = DEFAULT_ROUTE) -> None: ...
+                      route: Route = DEFAULT_ROUTE) -> None:
+        """Hand ``payload`` (encoded once) to every subscribed node, this one first."""
+        ...
+    async def publish_kept(self, room: str, message: dict[str, Any], *, size: int, ttl: float,
+                           route: Route = DEFAULT_ROUTE) -> str:
+        """Keep ``message`` in ``room``'s history (:meth:`History.append`: it gets its
+        ``offset``) and publish it to the room's channel, as one step: offsets are published in
+        the order they were given, and nothing is published that was not kept. Returns the
+        offset."""
+        ...
 
 
 @dataclass

@@ -19,11 +19,14 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+import orjson
 import structlog
 
 from ..config import Config
+from ..protocol import encode
+from .memory_broker import MemoryBroker
 from .memory_store import MemoryStore, MemoryStoreData
-from .base import (LAST_SEEN_TTL, DEFAULT_ROUTE, Deliver, HistoryPage, RoomInfo, Route, TargetKind,
+from .base import (LAST_SEEN_TTL, Deliver, HistoryPage, RoomInfo,
                    UserPresence)
 
 log = structlog.get_logger(__name__)
@@ -35,22 +38,6 @@ def _parse_offset(offset: str | None) -> tuple[str, int] | None:
     if not epoch or not (seq.isascii() and seq.isdigit()):
         return None
     return epoch, int(seq)
-
-
-class MemoryBroker:
-    def __init__(self) -> None:
-        self._deliver: Deliver | None = None
-
-    async def start(self, deliver: Deliver) -> None:
-        self._deliver = deliver
-
-    async def close(self) -> None:
-        self._deliver = None
-
-    async def publish(self, kind: TargetKind, key: str, payload: bytes,
-                      route: Route = DEFAULT_ROUTE) -> None:
-        if self._deliver is not None:
-            self._deliver(kind, key, payload, route)
 
 
 class MemoryRoomStore:
@@ -242,9 +229,10 @@ class _Stream:
     def __init__(self, seq: int = 0) -> None:
         self.seq = seq
         self.ttl = 0.0
-        self.items: deque[tuple[int, float, dict[str, Any]]] = deque()
+        #: (number, time added, the message encoded): readers decode their own copy
+        self.items: deque[tuple[int, float, bytes]] = deque()
 
-    def add(self, message: dict[str, Any], *, size: int, ttl: float, now: float) -> None:
+    def add(self, message: bytes, *, size: int, ttl: float, now: float) -> None:
         self.seq += 1
         self.ttl = ttl
         items = self.items
@@ -263,9 +251,12 @@ class _Stream:
         """The number of the oldest kept item (``seq + 1`` when none is kept)."""
         return self.items[0][0] if self.items else self.seq + 1
 
-    def after(self, seq: int) -> list[dict[str, Any]]:
-        """The kept items numbered above ``seq``, oldest first."""
-        return [m for _, _, m in itertools.islice(self.items, max(seq + 1 - self.first(), 0), None)]
+    def after(self, seq: int, limit: int | None = None) -> list[dict[str, Any]]:
+        """The kept items numbered above ``seq``, oldest first, at most ``limit``: copies."""
+        found = itertools.islice(self.items, max(seq + 1 - self.first(), 0), None)
+        if limit is not None:
+            found = itertools.islice(found, max(limit, 0))
+        return [orjson.loads(m) for _, _, m in found]
 
 
 class _Streams:
@@ -302,14 +293,15 @@ class _Streams:
         stream.expire(time.time())
         return stream
 
-    def add(self, key: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
+    def add(self, key: str, message: dict[str, Any], *, size: int, ttl: float) -> bytes:
+        """Set ``message``'s ``offset``, keep it encoded; returns the encoding."""
         stream = self._streams.get(key)
         if stream is None:
             stream = self._streams[key] = _Stream(self._floors[self._slot(key)])
-        offset = self.offset(stream.seq + 1)
-        message["offset"] = offset
-        stream.add(message, size=size, ttl=ttl, now=time.time())
-        return offset
+        message["offset"] = self.offset(stream.seq + 1)
+        data = encode(message)
+        stream.add(data, size=size, ttl=ttl, now=time.time())
+        return data
 
     def sweep(self, now: float) -> list[str]:
         """Drop the expired items of every stream; forget the streams left empty and return
@@ -339,17 +331,22 @@ class MemoryHistory:
         self._expired: Callable[[str], None] | None = None
 
     async def append(self, room: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
+        self._streams.add(room, message, size=size, ttl=ttl)
+        return str(message["offset"])
+
+    def keep(self, room: str, message: dict[str, Any], *, size: int, ttl: float) -> bytes:
+        """:meth:`append` in one synchronous step, returning the encoded frame."""
         return self._streams.add(room, message, size=size, ttl=ttl)
 
     async def since(self, room: str, offset: str | None, *, limit: int) -> HistoryPage:
         stream = self._streams.read(room)
         top = self._streams.offset(stream.seq)
         if offset is None:
-            return HistoryPage(stream.after(stream.seq - limit), True, top)
+            return HistoryPage(stream.after(stream.seq - limit, limit), True, top)
         seq = self._streams.seq_of(offset)
         if seq is None or seq > stream.seq:  # another epoch (a restart), or not an offset here
-            return HistoryPage(stream.after(0)[:limit], False, top)
-        return HistoryPage(stream.after(seq)[:limit], stream.first() <= seq + 1, top)
+            return HistoryPage(stream.after(0, limit), False, top)
+        return HistoryPage(stream.after(seq, limit), stream.first() <= seq + 1, top)
 
     async def current(self, room: str) -> str:
         return self._streams.offset(self._streams.read(room).seq)
@@ -373,11 +370,12 @@ class MemoryInbox:
         self._streams = _Streams(epoch)
 
     async def push(self, user_id: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
-        return self._streams.add(user_id, message, size=size, ttl=ttl)
+        self._streams.add(user_id, message, size=size, ttl=ttl)
+        return str(message["offset"])
 
     async def fetch(self, user_id: str, since: str | None = None, *,
                     limit: int = 100) -> list[dict[str, Any]]:
-        return self._streams.read(user_id).after(self._streams.seq_of(since) or 0)[:limit]
+        return self._streams.read(user_id).after(self._streams.seq_of(since) or 0, limit)
 
     async def ack(self, user_id: str, offset: str) -> None:
         seq = self._streams.seq_of(offset)
@@ -398,10 +396,10 @@ class MemoryBackend:
         config = config or Config()
         self.node_id = node_id
         epoch = secrets.token_hex(4)
-        self.broker = MemoryBroker()
+        self.history = MemoryHistory(epoch)
+        self.broker = MemoryBroker(self.history.keep)
         self.rooms = MemoryRoomStore()
         self.presence = MemoryPresenceStore()
-        self.history = MemoryHistory(epoch)
         self.inbox = MemoryInbox(epoch)
         self._store = MemoryStoreData()
         self._sweep_interval = config.backend.sweep_interval

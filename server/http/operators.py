@@ -157,12 +157,13 @@ class Revoked(BaseModel):
     closed: int = Field(description="open connections made with it, closed with 4503")
 
 
-@routes.post("/api/disconnect", summary="Close every connection of a user on this node",
+@routes.post("/api/disconnect", summary="Close every connection of a user, on every node",
              access="admin", body=DisconnectBody, response=Closed, tags=("operators",))
 async def disconnect(request: web.Request, caller: Caller, body: DisconnectBody) -> Closed:
-    conns = [c for c in request.app[NODE].hub.user_connections(body.user_id) if not c.closing]
-    for conn in conns:
-        conn.close(body.code, body.reason or "disconnected by an operator")
+    node = request.app[NODE]
+    conns = [c for c in node.hub.user_connections(body.user_id) if not c.closing]
+    await node.control("disconnect", user_id=body.user_id, code=body.code,
+                       reason=body.reason or "disconnected by an operator")  # every node
     log.info("api_disconnect", user_id=body.user_id, code=body.code, closed=len(conns),
              by=caller.name)
     return Closed(closed=len(conns))
@@ -182,11 +183,9 @@ async def cleanup(request: web.Request, caller: Caller) -> Closed:
              tags=("operators",))
 async def revoke(request: web.Request, caller: Caller, body: RevokeBody) -> Revoked:
     node = request.app[NODE]
-    node.auth.revocations.revoke(body.jti, body.exp)
     conns = [c for c in node.hub.connections.values()
              if not c.closing and c.user.claims.get("jti") == body.jti]
-    for conn in conns:
-        conn.close(CloseCode.KICKED, "token revoked")
+    await node.control("revoke", jti=body.jti, exp=body.exp)  # every node refuses and closes it
     log.info("api_token_revoked", jti=body.jti, closed=len(conns), by=caller.name)
     return Revoked(jti=body.jti, closed=len(conns))
 
