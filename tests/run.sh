@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: makes .venv, installs the project with its test
 # extras and the example plugin, installs system services the tests start themselves
-# (redis-server, chromium) where missing, then runs pytest. Extra arguments go to pytest.
+# (redis-server, nginx, chromium) where missing, then runs pytest. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# tests/services.py runs its own nginx processes (free ports, config in a temp dir)
+[ -x /usr/sbin/nginx ] || need_apt+=(nginx)
 # the browser tests (tests/e2e) drive Debian's chromium through Playwright; Playwright's own
 # browser download is never used
 [ -x "${SWITCHBOARD_CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
@@ -15,6 +17,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   echo "tests/run.sh: installing ${need_apt[*]}" >&2
   $SUDO apt-get update -qq >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # Debian's nginx package may start the system service on port 80: the tests never use it
+  if [[ " ${need_apt[*]} " == *" nginx "* ]]; then
+    $SUDO service nginx stop >/dev/null 2>&1 || true
+  fi
 fi
 
 PY=${PYTHON:-python3}

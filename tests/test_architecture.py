@@ -186,3 +186,15 @@ def test_no_import_circle_among_the_browser_modules() -> None:
              for p in (ROOT / "static").glob("*.js")}
     assert edges["demo.js"], "the walk must see demo.js's imports"
     assert circles(edges) == []
+
+
+def test_only_the_redis_backend_imports_redis() -> None:
+    importers = sorted(name for name, path in PROJECT.items()
+                       if any(isinstance(node, (ast.Import, ast.ImportFrom))
+                              and any(n == "redis" or n.startswith("redis.")
+                                      for n in ([a.name for a in node.names]
+                                                if isinstance(node, ast.Import)
+                                                else [node.module or ""]))
+                              and not getattr(node, "level", 0)
+                              for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))))
+    assert importers and all(n.startswith("server.backends.redis") for n in importers), importers

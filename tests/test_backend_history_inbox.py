@@ -1,5 +1,5 @@
 """The History and Inbox contracts (server/backends/base.py), run on every backend that
-``create_backend`` builds; today the memory one (the Redis backend adds its parameter)."""
+``create_backend`` builds (tests/backends.py): memory, Redis and Redis Cluster."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ from typing import Any
 
 import pytest
 
-from server.backends import create_backend
 from server.backends.base import Backend
-from tests.conftest import make_config
+from tests.backends import backend  # noqa: F401  (the fixture)
 
-
-@pytest.fixture(params=["memory"])
-async def backend(request: Any) -> Backend:
-    return create_backend(make_config({"backend": {"type": request.param}}), "node-1")
+pytest_plugins = ["tests.services"]
 
 
 def msg(n: int | str) -> dict[str, Any]:

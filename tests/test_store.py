@@ -1,33 +1,16 @@
 """The plugins' generic store (backends/base.py ``Store``), as a contract every backend meets:
-parametrised over the backends, so the Redis backend joins by adding its name to BACKENDS."""
+memory, Redis and Redis Cluster (tests/backends.py)."""
 
 from __future__ import annotations
 
-import time
-from typing import Any, AsyncIterator
+import asyncio
 
 import pytest
 
-from server.backends import create_backend
 from server.backends.base import Backend, stream_id_key
-from server.config import load_config
+from tests.backends import backend  # noqa: F401  (the fixture)
 
-BACKENDS = ["memory"]
-
-
-@pytest.fixture(params=BACKENDS)
-async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    config = load_config(env={}, overrides={"backend": {"type": request.param}}).config
-    made = create_backend(config, "node-test")
-
-    def deliver(*_: Any) -> None:
-        return None
-
-    await made.start(deliver)
-    try:
-        yield made
-    finally:
-        await made.close()
+pytest_plugins = ["tests.services"]
 
 
 async def test_values_are_kept_apart_by_namespace_and_copied(backend: Backend) -> None:
@@ -47,10 +30,10 @@ async def test_values_are_kept_apart_by_namespace_and_copied(backend: Backend) -
 
 async def test_a_value_expires_after_its_ttl(backend: Backend) -> None:
     store = backend.store("ttl")
-    await store.set("short", "v", ttl=5)
+    await store.set("short", "v", ttl=0.1)
     await store.set("long", "v")
     assert await store.get("short") == "v"
-    backend.sweep(time.time() + 10)  # type: ignore[attr-defined]
+    await asyncio.sleep(0.25)  # the behaviour under test is the passing of time
     assert await store.get("short") is None
     assert await store.get("long") == "v"
 
@@ -82,9 +65,9 @@ async def test_streams_keep_order_the_newest_maxlen_and_drop_by_id(backend: Back
 
 async def test_stream_entries_expire_each_after_the_ttl(backend: Backend) -> None:
     store = backend.store("s")
-    await store.stream_add("feed", "old", maxlen=10, ttl=5)
+    await store.stream_add("feed", "old", maxlen=10, ttl=0.1)
     assert [v for _, v in await store.stream_read("feed")] == ["old"]
-    backend.sweep(time.time() + 10)  # type: ignore[attr-defined]
+    await asyncio.sleep(0.25)  # the behaviour under test is the passing of time
     assert await store.stream_read("feed") == []
     await store.stream_add("feed", "new", maxlen=10, ttl=60)
     assert [v for _, v in await store.stream_read("feed")] == ["new"]

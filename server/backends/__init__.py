@@ -7,7 +7,7 @@ from .base import Backend
 
 
 def create_backend(config: Config, node_id: str) -> Backend:
-    if config.backend.type == "redis":  # pragma: no cover - the redis backend is a later issue
+    if config.backend.type == "redis":
         from .redis import create_redis_backend
 
         return create_redis_backend(config, node_id)

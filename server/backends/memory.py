@@ -13,6 +13,7 @@ writes or reads again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import secrets
 import time
@@ -47,22 +48,23 @@ class MemoryRoomStore:
         self._members: dict[str, dict[str, set[str]]] = {}
         self._user_rooms: dict[str, set[str]] = {}
 
+    def _copy(self, room: str, info: RoomInfo) -> RoomInfo:
+        return dataclasses.replace(info, members=len(self._members.get(room, ())))
+
     async def get(self, room: str) -> RoomInfo | None:
         info = self._rooms.get(room)
-        if info is not None:
-            info.members = len(self._members.get(room, ()))
-        return info
+        return self._copy(room, info) if info is not None else None
 
     async def create(self, room: str, *, name: str = "", description: str = "",
                      max_members: int | None = None,
                      persistent: bool = True) -> tuple[RoomInfo, bool]:
         existing = self._rooms.get(room)
         if existing is not None:
-            return existing, False
+            return self._copy(room, existing), False
         info = RoomInfo(room, name or room, description, time.time(), max_members,
                         persistent=persistent)
         self._rooms[room] = info
-        return info, True
+        return self._copy(room, info), True
 
     async def delete(self, room: str) -> bool:
         found = self._rooms.pop(room, None) is not None
@@ -78,9 +80,7 @@ class MemoryRoomStore:
                 del self._user_rooms[user_id]
 
     async def list(self) -> list[RoomInfo]:
-        for room, info in self._rooms.items():
-            info.members = len(self._members.get(room, ()))
-        return list(self._rooms.values())
+        return [self._copy(room, info) for room, info in self._rooms.items()]
 
     async def count(self) -> int:
         return len(self._rooms)
@@ -157,7 +157,7 @@ class MemoryPresenceStore:
 
     async def connections(self, user_id: str) -> dict[str, dict[str, Any]]:
         entry = self._online.get(user_id)
-        return dict(entry.conns) if entry else {}
+        return {conn: dict(info) for conn, info in entry.conns.items()} if entry else {}
 
     async def online_users(self, *, limit: int | None = None, offset: int = 0) -> list[str]:
         users = list(self._online)[offset:]
@@ -189,7 +189,7 @@ class MemoryPresenceStore:
 
     async def get_status(self, user_id: str) -> dict[str, Any] | None:
         entry = self._online.get(user_id)
-        return entry.status if entry else None
+        return dict(entry.status) if entry and entry.status is not None else None
 
     async def last_seen(self, user_id: str) -> float | None:
         return self._last_seen.get(user_id)

@@ -246,6 +246,8 @@ class MetricsConfig(Section):
 class RedisConfig(Section):
     url: str = "redis://127.0.0.1:6379/0"
     prefix: str = "switchboard"
+    # a Redis Cluster: url names one of its nodes (docs/deploy.md)
+    cluster: bool = False
 
     @field_validator("url", mode="before")
     @classmethod

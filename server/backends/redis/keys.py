@@ -1,0 +1,65 @@
+"""Key and channel names, and the client. Every key of a room, of a user or of a plugin's stored
+key carries a hash tag (``{room:general}``), so that on a Redis Cluster everything one
+operation touches lives in one slot: a room's history stream, its counter and its channel go
+together. The few cluster-wide indexes (rooms, online users, last seen) are keys of their own,
+never touched in the same command as another slot's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.p = prefix
+
+    # --- rooms
+    def room(self, room: str, part: str) -> str:
+        """``i`` info, ``c`` conn -> user, ``u`` user -> conns, ``h`` history, ``m`` its counter"""
+        return f"{self.p}:{{room:{room}}}:{part}"
+
+    def rooms(self) -> str:
+        return f"{self.p}:rooms"
+
+    # --- users
+    def user(self, user_id: str, part: str) -> str:
+        """``p`` presence, ``r`` rooms, ``ib`` inbox, ``im`` its counter"""
+        return f"{self.p}:{{user:{user_id}}}:{part}"
+
+    def online(self) -> str:
+        return f"{self.p}:online"
+
+    def last_seen(self) -> str:
+        return f"{self.p}:last_seen"
+
+    # --- plugins' stores
+    def stored(self, namespace: str, key: str) -> str:
+        return f"{self.p}:s:{namespace}:{{{key}}}"
+
+    # --- channels
+    def channel(self, kind: str, key: str) -> str:
+        if kind == "room":
+            return self.room(key, "ch")
+        if kind == "user":
+            return self.user(key, "ch")
+        return f"{self.p}:{kind}"
+
+
+def dumps(value: Any) -> bytes:
+    return orjson.dumps(value)
+
+
+def loads(data: bytes | str | None) -> Any:
+    return None if data is None else orjson.loads(data)
+
+
+def connect(url: str, *, cluster: bool) -> Redis | RedisCluster:
+    """The client: one connection pool for commands (``decode_responses`` off: bytes in, bytes
+    out). A cluster client follows MOVED/ASK and knows every master."""
+    if cluster:
+        return RedisCluster.from_url(url, decode_responses=False)
+    return Redis.from_url(url, decode_responses=False, health_check_interval=10)
