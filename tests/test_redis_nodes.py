@@ -1,0 +1,148 @@
+"""Two Switchboard nodes on one Redis act as one server: a room message from A reaches members
+on B exactly once with the offset of its ack, a private message finds a user connected only to
+B, online counts agree, a client catches up on the other node, and deleting a room,
+disconnecting a user and revoking a token act on both nodes. Run on one Redis and on a Redis
+Cluster (tests/services.py starts both)."""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+import pytest
+from aiohttp import WSServerHandshakeError
+from aiohttp.test_utils import TestClient
+
+from server.keys import NODE
+from tests.conftest import WS, connector, make_token
+
+pytest_plugins = ["tests.services"]
+
+MakeServer = Callable[..., Awaitable[TestClient]]
+ADMIN = {"X-API-Key": "k" * 32}
+
+
+@pytest.fixture(params=["redis", "redis-cluster"])
+async def nodes(request: pytest.FixtureRequest, make_server: MakeServer) -> tuple[TestClient, TestClient]:
+    cluster = request.param == "redis-cluster"
+    url = request.getfixturevalue("cluster_url" if cluster else "redis_url")
+
+    async def node(name: str) -> TestClient:
+        return await make_server({
+            "server": {"node_id": name},
+            "backend": {"type": "redis", "redis": {"url": url, "cluster": cluster}},
+            "plugins": {"enabled": ["chat", "presence"]},
+            "presence": {"grace_period": 0},
+            "api": {"keys": ["k" * 32]},
+        })
+
+    return await node("node-a"), await node("node-b")
+
+
+async def _joined(ws: WS, room: str) -> dict[str, Any]:
+    joined = await ws.request("join", room=room)
+    assert joined["type"] == "joined", joined
+    return joined
+
+
+async def test_a_room_message_reaches_the_other_node_once_with_its_offset(
+        nodes: tuple[TestClient, TestClient]) -> None:
+    a, b = nodes
+    alice = await connector(a)("alice")
+    bob, bob2 = await connector(b)("bob"), await connector(b)("bob")
+    assert (alice.connected["data"]["node"], bob.connected["data"]["node"]) == ("node-a", "node-b")
+    for ws in (alice, bob, bob2):
+        await _joined(ws, "lobby")
+    ack = await alice.request("message", room="lobby", data={"content": "hello from a"})
+    assert ack["type"] == "ack"
+    for ws in (bob, bob2):
+        got = await ws.recv_type("message")
+        assert got["data"]["content"] == "hello from a" and got["offset"] == ack["data"]["offset"]
+        assert got["id"] == ack["data"]["id"] and got["from"]["id"] == "alice"
+    reply = await bob.request("message", room="lobby", data={"content": "and back"})
+    got = await alice.recv_type("message")
+    assert got["data"]["content"] == "and back" and got["offset"] == reply["data"]["offset"]
+    assert await bob.until_pong() == [] and await alice.until_pong() == []  # each exactly once
+
+
+async def test_a_private_message_finds_its_user_on_the_other_node(
+        nodes: tuple[TestClient, TestClient]) -> None:
+    a, b = nodes
+    alice, bob = await connector(a)("alice"), await connector(b)("bob")
+    ack = await alice.request("message", to="bob", data={"content": "psst"})
+    assert ack["type"] == "ack" and ack["data"]["offset"] is None  # delivered, not kept
+    got = await bob.recv_type("message")
+    assert got["data"]["content"] == "psst" and got["to"] == "bob"
+    await bob.close()
+    await alice.request("message", to="bob", data={"content": "while you were away"})
+    back = await connector(b)("bob")  # the inbox, kept in Redis, arrives on reconnect
+    waiting = await back.recv_type("message")
+    assert waiting["data"]["content"] == "while you were away" and waiting["inbox"] is True
+
+
+async def test_online_counts_and_presence_agree(nodes: tuple[TestClient, TestClient]) -> None:
+    a, b = nodes
+    await connector(a)("alice")
+    bob = await connector(b)("bob")
+    assert bob.connected["data"]["online_count"] == 2
+    for node in nodes:
+        body = await (await node.get("/api/online/count", headers=ADMIN)).json()
+        assert body["online_count"] == 2, body
+
+
+async def test_catching_up_on_the_other_node(nodes: tuple[TestClient, TestClient]) -> None:
+    a, b = nodes
+    alice, carol = await connector(a)("alice"), await connector(a)("carol")
+    await _joined(alice, "r")
+    joined = await _joined(carol, "r")
+    seen = joined["data"]["offset"]
+    await carol.close()
+    sent = [await alice.request("message", room="r", data={"content": str(i)}) for i in range(3)]
+    again = await connector(b)("carol")
+    rejoined = await _joined_since(again, "r", seen)
+    assert rejoined["data"]["recovered"] is True
+    assert [m["data"]["content"] for m in rejoined["data"]["missed"]] == ["0", "1", "2"]
+    assert rejoined["data"]["offset"] == sent[-1]["data"]["offset"]
+
+
+async def _joined_since(ws: WS, room: str, since: str) -> dict[str, Any]:
+    joined = await ws.request("join", room=room, data={"since": since})
+    assert joined["type"] == "joined", joined
+    return joined
+
+
+async def test_delete_disconnect_and_revoke_act_on_both_nodes(
+        nodes: tuple[TestClient, TestClient]) -> None:
+    a, b = nodes
+    alice, bob = await connector(a)("alice"), await connector(b)("bob")
+    resp = await a.post("/api/rooms", json={"id": "ops"}, headers=ADMIN)
+    assert resp.status == 201
+    for ws in (alice, bob):
+        await _joined(ws, "ops")
+    assert (await a.delete("/api/rooms/ops", headers=ADMIN)).status in (200, 204)
+    for ws in (alice, bob):
+        left = await ws.recv_type("left")
+        assert left["data"] == {"room": "ops", "members_count": 0, "reason": "deleted"}
+
+    resp = await a.post("/api/disconnect", json={"user_id": "bob"}, headers=ADMIN)
+    assert resp.status == 200
+    assert await bob.closed() is not None  # bob was on node b
+
+    carol = await connector(b)("carol", jti="t-carol")
+    resp = await a.post("/api/tokens/revoke", json={"jti": "t-carol"}, headers=ADMIN)
+    assert resp.status == 200
+    assert await carol.closed() == 4503
+    with pytest.raises(WSServerHandshakeError) as refused:  # node b refuses it from now on too
+        await b.ws_connect("/ws", params={"token": make_token("carol", jti="t-carol")})
+    assert refused.value.status == 401
+
+
+async def test_each_node_subscribes_only_what_its_connections_need(
+        nodes: tuple[TestClient, TestClient]) -> None:
+    a, b = nodes
+    alice = await connector(a)("alice")
+    await _joined(alice, "only-on-a")
+    channels_b = b.app[NODE]._channels  # type: ignore[attr-defined]
+    assert ("room", "only-on-a") in a.app[NODE]._channels  # type: ignore[attr-defined]
+    assert ("room", "only-on-a") not in channels_b and ("user", "alice") not in channels_b
+    await alice.request("leave", room="only-on-a")
+    assert ("room", "only-on-a") not in a.app[NODE]._channels  # type: ignore[attr-defined]
