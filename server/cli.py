@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from .errors import AuthError, ConfigError, PluginError
 from .tools import bench_cli, client_cli
 from .tools.options import Minter, split_roles
+from . import workers
 
 if TYPE_CHECKING:
     from .config import Config, LoadedConfig
@@ -60,14 +61,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_config_error(exc, path)
         return 2
+    supervising = args.workers > 1 and args.worker is None  # the parent of --workers N
+    problem = workers.refusal(args.workers, loaded.config) if supervising else None
+    if problem:
+        print(f"switchboard serve: {problem}", file=sys.stderr)
+        return 2
     from .log import configure_logging
 
     configure_logging(loaded.config.logging)
     import structlog
 
+    if args.worker is not None:  # every line of a worker says which one
+        structlog.contextvars.bind_contextvars(worker=args.worker)
     log = structlog.get_logger("server.cli")
     for warning in loaded.warnings:
         log.warning("config_warning", detail=warning)
+    if supervising:
+        return workers.supervise(args.workers, workers.worker_command(path, args.host, args.port),
+                                 loaded.config)
     from .app import create_app
 
     try:
@@ -76,13 +87,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log.error("startup_failed", error=str(exc))
         print(f"switchboard: cannot start: {exc}", file=sys.stderr)
         return 2
-    return asyncio.run(_run(app, loaded.config, log))
+    link = workers.ParentLink(args.worker_fd) if args.worker_fd is not None else None
+    return asyncio.run(_run(app, loaded.config, log, worker=args.worker is not None, link=link))
 
 
-async def _run(app: Any, config: Any, log: Any) -> int:
+async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
+               link: Any = None) -> int:
+    """Serve until SIGTERM or SIGINT. A worker of ``--workers`` binds with ``SO_REUSEPORT``
+    and tells its parent through ``link`` (a ``workers.ParentLink``) when it listens."""
     from aiohttp import web
 
     from .http.access_log import AccessLogger
+    from .keys import NODE
 
     srv = config.server
     runner = web.AppRunner(
@@ -99,7 +115,8 @@ async def _run(app: Any, config: Any, log: Any) -> int:
         log.error("startup_failed", error=str(exc))
         print(f"switchboard: cannot start: {exc}", file=sys.stderr)
         return 2
-    site = web.TCPSite(runner, srv.host, srv.port, reuse_address=True)
+    site = web.TCPSite(runner, srv.host, srv.port, reuse_address=True,
+                       reuse_port=True if worker else None)
     try:
         await site.start()
     except OSError as exc:
@@ -109,7 +126,8 @@ async def _run(app: Any, config: Any, log: Any) -> int:
     for address in runner.addresses:
         host, port = address[0], address[1]
         shown = f"[{host}]" if ":" in host else host
-        log.info("server_listening", url=f"ws://{shown}:{port}{srv.ws_path}", host=host, port=port)
+        log.info("server_listening", url=f"ws://{shown}:{port}{srv.ws_path}", host=host, port=port,
+                 node=app[NODE].node_id)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -117,6 +135,8 @@ async def _run(app: Any, config: Any, log: Any) -> int:
     from .reload import RELOADER
 
     loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload_soon)  # re-read websocket.yaml
+    if link is not None:
+        link.ready(stop.set)  # and stop when the parent is gone
     await stop.wait()
     log.info("server_stopping", shutdown_timeout=srv.shutdown_timeout)
     try:
@@ -343,6 +363,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("-c", "--config", help=f"config file (default: $SWITCHBOARD_CONFIG or ./{DEFAULT_CONFIG} if present)")
     serve.add_argument("--host", help="listen address (overrides server.host)")
     serve.add_argument("--port", type=int, help="listen port (overrides server.port; 0 picks a free one)")
+    serve.add_argument("--workers", type=workers.positive_count, default=1, metavar="N",
+                       help="N processes on the same address, each its own node, sharing "
+                            "Redis (needs backend.type: redis; default 1)")
+    serve.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # a worker's number
+    serve.add_argument("--worker-fd", type=int, help=argparse.SUPPRESS)  # its link to the parent
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser(

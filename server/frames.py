@@ -28,6 +28,10 @@ COUNTED_AS_INVALID = frozenset({ErrorCode.INVALID_JSON, ErrorCode.INVALID_MESSAG
                                 ErrorCode.UNKNOWN_MESSAGE_TYPE, ErrorCode.UNSUPPORTED_FRAME})
 
 
+#: seconds a client waits before sending again a frame refused with UNAVAILABLE
+UNAVAILABLE_RETRY = 2.0
+
+
 async def handle_frame(node: Node, registry: Registry, pipeline: Pipeline, conn: Connection,
                        data: str) -> None:
     """One text frame through the pipeline in its order (server/pipeline/), then dispatch."""
@@ -51,7 +55,14 @@ async def handle_frame(node: Node, registry: Registry, pipeline: Pipeline, conn:
         reject(node, pipeline, conn, exc, reply_to)
     except CloseConnection as exc:
         conn.close(exc.code, exc.reason)
-    except Exception:
+    except Exception as exc:
+        if isinstance(exc, node.backend.unavailable):  # Redis is away: the frame did nothing
+            node.backend_down(exc)
+            node.metrics.frame_rejected(ErrorCode.UNAVAILABLE)
+            conn.send(error_frame(ErrorCode.UNAVAILABLE, "the backend is unreachable: nothing was "
+                                  "stored or delivered; try again", reply_to=reply_to,
+                                  retry_after=UNAVAILABLE_RETRY))
+            return
         conn.log.exception("handler_failed", type=env.type if env else None)
         node.metrics.frame_rejected(ErrorCode.INTERNAL_ERROR)
         conn.send(error_frame(ErrorCode.INTERNAL_ERROR, "internal error while handling the frame",

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable
 
 from .connection import Connection
 from .errors import MessageRejected
@@ -31,17 +31,29 @@ async def connected(node: Node, registry: Registry, conn: Connection, claims: di
     """The connection open for the body of the ``async with``, whatever the body raises.
     ``rooms`` is the ``?rooms=`` query (comma-separated); ``reply_to`` the id of the auth frame
     the ``connected`` frame answers, if one did."""
-    hub = node.hub
-    await node.attach(conn)
     node.metrics.connection_opened()
     conn.start()
-    if hub.draining:  # admitted just before the drain began: close_all() did not see it
-        conn.close(CloseCode.GOING_AWAY, "server shutting down")
     try:
-        await _open(node, registry, conn, claims, rooms, reply_to)
+        try:
+            await node.attach(conn)
+            if node.hub.draining:  # admitted just before the drain began: close_all() missed it
+                conn.close(CloseCode.GOING_AWAY, "server shutting down")
+            await _open(node, registry, conn, claims, rooms, reply_to)
+        except node.backend.unavailable as exc:  # Redis is away: come back in a while
+            node.backend_down(exc)
+            conn.close(CloseCode.TRY_AGAIN_LATER, "backend unavailable")
         yield
     finally:
         await _close(node, registry, conn)
+
+
+async def _quietly(node: Node, work: Awaitable[Any]) -> None:
+    """A step of closing that needs the backend: done if it can be, never raising for an
+    unreachable backend (the connection is gone either way)."""
+    try:
+        await work
+    except node.backend.unavailable as exc:
+        node.backend_down(exc)
 
 
 async def _open(node: Node, registry: Registry, conn: Connection, claims: dict[str, Any],
@@ -79,7 +91,7 @@ async def _open(node: Node, registry: Registry, conn: Connection, claims: dict[s
 
 async def _close(node: Node, registry: Registry, conn: Connection) -> None:
     ws = conn.ws
-    await node.detach(conn)
+    await _quietly(node, node.detach(conn))
     await conn.finish()
     if not ws.closed:
         code = conn.close_code or CloseCode.NORMAL
@@ -90,9 +102,9 @@ async def _close(node: Node, registry: Registry, conn: Connection) -> None:
             pass
     rooms = set(conn.rooms)
     for room in rooms:
-        await node.leave(conn, room, closing=True)
+        await _quietly(node, node.leave(conn, room, closing=True))
     conn.rooms = rooms  # on_disconnect hooks see the rooms the connection was in
-    await node.backend.presence.remove_connection(conn.user.id, conn.id)
+    await _quietly(node, node.backend.presence.remove_connection(conn.user.id, conn.id))
     for plugin in registry.plugins:
         try:
             await plugin.on_disconnect(Context(conn, None, node, plugin))

@@ -76,6 +76,7 @@ class Node:
         #: the broker channels this node is subscribed to; changed under the lock only
         self._channels: set[tuple[TargetKind, str]] = set()
         self._channels_lock = asyncio.Lock()
+        self._down_logged = 0.0
         #: control operation -> what this node does when one arrives (``control``)
         self.control_ops: dict[str, Callable[[dict[str, Any]], None]] = {
             "room_deleted": self._room_deleted, "disconnect": self._disconnect,
@@ -141,6 +142,13 @@ class Node:
             task = asyncio.get_running_loop().create_task(self._room_hook("on_history_expired", room))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    def backend_down(self, exc: BaseException) -> None:
+        """Note that the backend could not be reached: logged at most every 5 s, not per frame."""
+        now = time.monotonic()
+        if now - self._down_logged > 5.0:
+            self._down_logged = now
+            log.warning("backend_unavailable", error=str(exc) or type(exc).__name__)
 
     # --- channels: subscribed while this node has a connection that needs them ---------------
     def _spawn(self, work: Any) -> None:

@@ -241,6 +241,9 @@ class Inbox(Protocol):
 
 class Backend(Protocol):
     node_id: str
+    #: the exceptions that mean "the backend cannot be reached now" (Redis down): a frame that
+    #: needs it is answered ``UNAVAILABLE`` with ``retry_after``, and nobody is disconnected
+    unavailable: tuple[type[BaseException], ...]
     broker: Broker
     rooms: RoomStore
     presence: PresenceStore

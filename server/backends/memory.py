@@ -392,6 +392,8 @@ class MemoryInbox:
 class MemoryBackend:
     """``config`` gives the sweep's interval, read once."""
 
+    unavailable: tuple[type[BaseException], ...] = ()  # it never is
+
     def __init__(self, node_id: str, config: Config | None = None) -> None:
         config = config or Config()
         self.node_id = node_id

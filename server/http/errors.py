@@ -114,11 +114,16 @@ async def error_middleware(request: web.Request, handler: Endpoint) -> web.Strea
         headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW, hdrs.RETRY_AFTER)}
         response = json_error(exc.status, _CODE_OF_STATUS.get(exc.status, f"HTTP_{exc.status}"),
                               exc.reason, headers=headers)
-    except Exception:
+    except Exception as exc:
         if upgrade:  # the WebSocket may be open already: no answer to replace; aiohttp logs it
             raise
-        log.exception("http_handler_failed", method=request.method, path=request.path)
-        response = json_error(500, ErrorCode.INTERNAL_ERROR, "internal error")
+        if isinstance(exc, request.app[NODE].backend.unavailable):
+            request.app[NODE].backend_down(exc)
+            response = json_error(503, ErrorCode.UNAVAILABLE, "the backend is unreachable; try "
+                                  "again", headers={hdrs.RETRY_AFTER: "2"}, retry_after=2)
+        else:
+            log.exception("http_handler_failed", method=request.method, path=request.path)
+            response = json_error(500, ErrorCode.INTERNAL_ERROR, "internal error")
     route = request.match_info.route.resource
     request.app[NODE].metrics.http_request(
         request.method, route.canonical if route is not None else "unmatched", response.status)

@@ -9,7 +9,9 @@ import asyncio
 from typing import Any
 
 import structlog
-from redis.exceptions import RedisError
+from redis.exceptions import ClusterDownError, RedisClusterException, RedisError, TryAgainError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ...config import Config
 from ..base import Deliver
@@ -23,13 +25,20 @@ from .streams import RedisHistory, RedisInbox
 log = structlog.get_logger(__name__)
 
 
+#: Redis cannot be reached (down, restarting, a cluster without a master for a slot)
+UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ClusterDownError, TryAgainError,
+               RedisClusterException, OSError)
+
+
 class RedisBackend:
+    unavailable = UNAVAILABLE
+
     def __init__(self, node_id: str, config: Config) -> None:
         cfg = config.backend.redis
         self.node_id = node_id
         self.client = connect(cfg.url, cluster=cfg.cluster)
         keys = self._keys = Keys(cfg.prefix)
-        self.broker = RedisBroker(self.client, keys, node_id)
+        self.broker = RedisBroker(self.client, keys, node_id, UNAVAILABLE)
         self.rooms = RedisRoomStore(self.client, keys)
         self.presence = RedisPresenceStore(self.client, keys)
         self.history = RedisHistory(self.client, keys)

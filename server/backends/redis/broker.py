@@ -69,7 +69,9 @@ def new_epoch() -> str:
 
 
 class RedisBroker:
-    def __init__(self, client: Redis | RedisCluster, keys: Keys, node_id: str) -> None:
+    def __init__(self, client: Redis | RedisCluster, keys: Keys, node_id: str,
+                 unavailable: tuple[type[BaseException], ...]) -> None:
+        self._unavailable = unavailable
         self._client = client
         self._keys = keys
         self._node = node_id.encode()
@@ -125,8 +127,19 @@ class RedisBroker:
     async def publish(self, kind: TargetKind, key: str, payload: bytes,
                       route: Route = DEFAULT_ROUTE) -> None:
         self._local(kind, key, payload, route)
-        await self._client.execute_command("SPUBLISH", self._keys.channel(kind, key),
-                                           self._header(route) + payload)
+        try:
+            await self._client.execute_command("SPUBLISH", self._keys.channel(kind, key),
+                                               self._header(route) + payload)
+        except self._unavailable as exc:
+            # live delivery is at most once: this node's own clients got it; the other nodes'
+            # miss it while Redis is away (what needs keeping goes through publish_kept)
+            self._warn(exc)
+
+    def _warn(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if now - self._last_error > 5.0:
+            self._last_error = now
+            log.warning("redis_unavailable", error=str(exc) or type(exc).__name__)
 
     async def publish_kept(self, room: str, message: dict[str, Any], *, size: int, ttl: float,
                            route: Route = DEFAULT_ROUTE) -> str:
@@ -154,11 +167,8 @@ class RedisBroker:
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:
-                now = time.monotonic()
-                if now - self._last_error > 5.0:
-                    self._last_error = now
-                    log.warning("redis_pubsub_error", error=str(exc))
-                await asyncio.sleep(0.5)
+                self._warn(exc)
+                await asyncio.sleep(0.5)  # then the read reconnects and resubscribes
                 continue
             if message is None or message.get("type") not in ("smessage", "message"):
                 continue
