@@ -22,6 +22,7 @@ from .connection import Connection
 from .errors import MessageRejected
 from .hub import Hub
 from .identity import User
+from .rooms import check_name
 from .metrics import Metrics
 from .protocol import CloseCode, ErrorCode, encode, frame, new_id
 
@@ -31,23 +32,16 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-#: longest room name or user id accepted as a target
-MAX_NAME_LENGTH = 255
+#: the store namespace of the core's own keys (no plugin may be named ``core``)
+CORE = "core"
+#: most revoked token ids kept in the backend (each until its exp)
+REVOKED_KEPT = 100_000
 #: most rooms whose options are remembered (``Node.room_options``) before starting over
 ROOM_OPTIONS_KEPT = 4096
 
 
 def check_name(field: str, value: str) -> None:
-    """A room name or a ``to`` user id: 1-255 printable characters, no surrounding spaces;
-    ``INVALID_MESSAGE`` otherwise."""
-    if not value or len(value) > MAX_NAME_LENGTH or value != value.strip() or not value.isprintable():
-        raise MessageRejected(ErrorCode.INVALID_MESSAGE,
-                              f"'{field}' must be 1-{MAX_NAME_LENGTH} printable characters without "
-                              f"leading or trailing spaces, got {value[:40]!r}")
-
-
-def _socket(conn: ConnectionView) -> Connection:
-    """The core's connection behind what a plugin holds (plugins see the Protocol only)."""
+    """A room name or a ``ton behind what a plugin holds (plugins see the Protocol only)."""
     return cast(Connection, conn)
 
 
@@ -89,6 +83,10 @@ class Node:
         await self.backend.start(self._deliver)
         await self._want("all", "")
         await self._want("control", "")
+        now = time.time()
+        for _, (jti, exp) in await self.backend.store(CORE).stream_read("revoked", limit=REVOKED_KEPT):
+            if exp is None or exp > now:  # revoked on another node, or before a restart
+                self.auth.revocations.revoke(jti, exp)
         for room in self.config.rooms.default_rooms:
             await self.backend.rooms.create(room)
         self.hub.start()
@@ -211,6 +209,13 @@ class Node:
         for conn in self.hub.user_connections(message["user_id"]):
             if not conn.closing:
                 conn.close(message["code"], message["reason"])
+
+    async def revoke(self, jti: str, exp: float | None) -> None:
+        """Refuse token ``jti`` everywhere from now on (until ``exp``), kept in the backend so a
+        node that starts later refuses it too, and close the connections made with it."""
+        ttl = max(exp - time.time(), 1.0) if exp is not None else 0.0
+        await self.backend.store(CORE).stream_add("revoked", [jti, exp], maxlen=REVOKED_KEPT, ttl=ttl)
+        await self.control("revoke", jti=jti, exp=exp)
 
     def _revoke(self, message: dict[str, Any]) -> None:
         self.auth.revocations.revoke(message["jti"], message.get("exp"))

@@ -1,9 +1,16 @@
 """What applies to a room: :class:`RoomOptions`, worked out from the ``rooms`` config section
-(its namespace's overrides on the defaults). A leaf module, so the plugin API can name it."""
+(its namespace's overrides on the defaults), and what a room name (or a user id as a target)
+may be. A leaf module, so the plugin API can name them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from .errors import MessageRejected
+from .protocol.codes import ErrorCode
+
+#: longest room name or user id accepted as a target
+MAX_NAME_LENGTH = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,3 +22,12 @@ class RoomOptions:
     client_publish: bool
     max_members: int
     allowed_roles: tuple[str, ...]
+
+
+def check_name(field: str, value: str) -> None:
+    """A room name or a ``to`` user id: 1-255 printable characters, no surrounding spaces;
+    ``INVALID_MESSAGE`` otherwise."""
+    if not value or len(value) > MAX_NAME_LENGTH or value != value.strip() or not value.isprintable():
+        raise MessageRejected(ErrorCode.INVALID_MESSAGE,
+                              f"'{field}' must be 1-{MAX_NAME_LENGTH} printable characters without "
+                              f"leading or trailing spaces, got {value[:40]!r}")

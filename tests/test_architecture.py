@@ -27,7 +27,7 @@ LAYERS: dict[int, tuple[str, ...]] = {
     6: ("server.frames", "server.lifecycle", "server.ws", "server.http", "server.http.*",
         "server.reload", "server.keys"),
     7: ("server.app", "server.cli", "server.__main__", "server.tools", "server.tools.*",
-        "server.testing"),
+        "server.testing", "server.workers"),
 }
 PLUGIN_DIRS = ("plugins", "examples/poll_plugin/switchboard_poll")
 

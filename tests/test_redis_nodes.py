@@ -6,14 +6,19 @@ Cluster (tests/services.py starts both)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any, Awaitable, Callable
 
+import aiohttp
 import pytest
+import yaml
 from aiohttp import WSServerHandshakeError
 from aiohttp.test_utils import TestClient
 
 from server.keys import NODE
 from tests.conftest import WS, connector, make_token
+from tests.proc import start_server
 
 pytest_plugins = ["tests.services"]
 
@@ -146,3 +151,47 @@ async def test_each_node_subscribes_only_what_its_connections_need(
     assert ("room", "only-on-a") not in channels_b and ("user", "alice") not in channels_b
     await alice.request("leave", room="only-on-a")
     assert ("room", "only-on-a") not in a.app[NODE]._channels  # type: ignore[attr-defined]
+
+
+async def test_a_killed_nodes_users_go_offline_on_the_other_within_the_bound(
+        make_server: MakeServer, redis_url: str, tmp_path: Any) -> None:
+    """Node B is a real process, killed with SIGKILL: node A takes B's user out of presence
+    and of the room within ``backend.redis.node_ttl`` (1 s here) and a reap period."""
+    backend = {"type": "redis", "redis": {"url": redis_url, "node_ttl": 1}}
+    a = await make_server({"server": {"node_id": "node-a"}, "backend": backend,
+                           "plugins": {"enabled": ["chat"]}, "api": {"keys": ["k" * 32]}})
+    b = await start_server(tmp_path, yaml.safe_dump({
+        "server": {"node_id": "node-b"}, "backend": backend, "plugins": {"enabled": ["chat"]},
+        "logging": {"format": "json"}}))
+    try:
+        alice = await connector(a)("alice")
+        await _joined(alice, "lobby")
+        async with aiohttp.ClientSession() as session:
+            bob = await session.ws_connect(f"{b.url}/ws", params={"token": make_token("bob")})
+            assert (await bob.receive_json())["type"] == "connected"
+            await bob.send_json({"type": "join", "id": "j1", "room": "lobby"})
+            assert (await bob.receive_json())["type"] == "joined"
+            assert (await alice.recv_type("user_joined"))["data"]["user"]["id"] == "bob"
+            await b.kill()  # SIGKILL: no goodbye to Redis
+            started = time.monotonic()
+            while True:
+                count = (await (await a.get("/api/online/count", headers=ADMIN)).json())["online_count"]
+                members = await a.app[NODE].backend.rooms.members("lobby")
+                if count == 1 and members == ["alice"]:
+                    break
+                assert time.monotonic() - started < 4.0, (count, members)  # ttl 1 s + reap
+                await asyncio.sleep(0.1)  # the event is a lapse of time inside Redis
+    finally:
+        await b.kill()
+
+
+async def test_a_node_started_after_a_revocation_refuses_the_token(
+        make_server: MakeServer, redis_url: str) -> None:
+    backend = {"type": "redis", "redis": {"url": redis_url}}
+    a = await make_server({"backend": backend, "api": {"keys": ["k" * 32]}})
+    resp = await a.post("/api/tokens/revoke", json={"jti": "t-old"}, headers=ADMIN)
+    assert resp.status == 200
+    later = await make_server({"backend": backend})
+    with pytest.raises(WSServerHandshakeError) as refused:
+        await later.ws_connect("/ws", params={"token": make_token("dave", jti="t-old")})
+    assert refused.value.status == 401

@@ -248,6 +248,9 @@ class RedisConfig(Section):
     prefix: str = "switchboard"
     # a Redis Cluster: url names one of its nodes (docs/deploy.md)
     cluster: bool = False
+    # seconds a node that stopped without a word (SIGKILL, power loss) keeps its users online
+    # and in their rooms before another node removes them
+    node_ttl: PositiveFloat = 30.0
 
     @field_validator("url", mode="before")
     @classmethod

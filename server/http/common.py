@@ -9,7 +9,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..backends.base import RoomInfo
 from ..errors import MessageRejected
-from ..node import MAX_NAME_LENGTH, Node, check_name
+from ..node import Node
+from ..rooms import MAX_NAME_LENGTH, check_name
 from .errors import not_found
 
 

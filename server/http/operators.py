@@ -185,7 +185,7 @@ async def revoke(request: web.Request, caller: Caller, body: RevokeBody) -> Revo
     node = request.app[NODE]
     conns = [c for c in node.hub.connections.values()
              if not c.closing and c.user.claims.get("jti") == body.jti]
-    await node.control("revoke", jti=body.jti, exp=body.exp)  # every node refuses and closes it
+    await node.revoke(body.jti, body.exp)  # every node, and any started later, refuses it
     log.info("api_token_revoked", jti=body.jti, closed=len(conns), by=caller.name)
     return Revoked(jti=body.jti, closed=len(conns))
 

@@ -6,6 +6,7 @@ Redis >= 7 for sharded pub/sub). docs/deploy.md has the deployments."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import structlog
@@ -39,8 +40,10 @@ class RedisBackend:
         self.client = connect(cfg.url, cluster=cfg.cluster)
         keys = self._keys = Keys(cfg.prefix)
         self.broker = RedisBroker(self.client, keys, node_id, UNAVAILABLE)
-        self.rooms = RedisRoomStore(self.client, keys)
-        self.presence = RedisPresenceStore(self.client, keys)
+        self.rooms = RedisRoomStore(self.client, keys, node_id)
+        self.presence = RedisPresenceStore(self.client, keys, node_id)
+        self._node_ttl = cfg.node_ttl
+        self._heart: asyncio.Task[None] | None = None
         self.history = RedisHistory(self.client, keys)
         self.inbox = RedisInbox(self.client, keys)
         self._sweep_interval = config.backend.sweep_interval
@@ -51,13 +54,23 @@ class RedisBackend:
 
     async def start(self, deliver: Deliver) -> None:
         await self.client.ping()  # fail at startup, naming Redis, rather than at the first frame
+        await self._beat()
+        await self.client.sadd(self._keys.nodes(), self.node_id)
         await self.broker.start(deliver)
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_every())
+        loop = asyncio.get_running_loop()
+        self._sweeper = loop.create_task(self._sweep_every())
+        self._heart = loop.create_task(self._heartbeat())
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
+        for task in (self._sweeper, self._heart):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        try:  # a clean stop: the others need not wait for the heartbeat to lapse
+            await self.client.delete(self._keys.node(self.node_id, "hb"))
+            await self.client.srem(self._keys.nodes(), self.node_id)
+        except self.unavailable:
+            pass
         await self.broker.close()
         await self.client.aclose()
 
@@ -69,6 +82,61 @@ class RedisBackend:
 
     def sweep(self, now: float) -> None:
         """Nothing to do at once: Redis expires keys itself (``_sweep_every`` trims last_seen)."""
+
+    # --- nodes that die without a word ------------------------------------------------------
+    async def _beat(self) -> None:
+        await self.client.set(self._keys.node(self.node_id, "hb"), b"1",
+                              px=int(self._node_ttl * 1000))
+
+    async def _heartbeat(self) -> None:
+        """Renew this node's heartbeat every third of ``node_ttl``; every half of it, take the
+        connections of nodes whose heartbeat lapsed out of presence and rooms."""
+        period = self._node_ttl / 3
+        next_reap = 0.0
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._beat()
+                await self.client.sadd(self._keys.nodes(), self.node_id)
+                if time.monotonic() >= next_reap:
+                    next_reap = time.monotonic() + self._node_ttl / 2
+                    await self.reap()
+            except self.unavailable as exc:
+                log.warning("redis_heartbeat_failed", error=str(exc))
+
+    async def reap(self) -> list[str]:
+        """Clean up after every node whose heartbeat lapsed; returns their ids."""
+        keys, reaped = self._keys, []
+        for raw in await self.client.smembers(keys.nodes()):
+            node = raw.decode()
+            if node == self.node_id or await self.client.exists(keys.node(node, "hb")):
+                continue
+            # one reaper per dead node, however many nodes notice at once
+            if not await self.client.set(keys.node(node, "reap"), self.node_id.encode(), nx=True,
+                                         px=int(self._node_ttl * 1000)):
+                continue
+            await self._reap(node)
+            reaped.append(node)
+        return reaped
+
+    async def _reap(self, node: str) -> None:
+        keys = self._keys
+        members = await self.client.smembers(keys.node(node, "m"))
+        for entry in members:
+            room, user, conn = entry.decode().split("\n")
+            await self.rooms.remove_member(room, user, conn)
+        conns = await self.client.hgetall(keys.node(node, "c"))
+        users = set()
+        for conn, user in conns.items():
+            users.add(user.decode())
+            await self.presence.remove_connection(user.decode(), conn.decode())
+        for user in users:
+            if not await self.presence.connections(user):
+                await self.presence.mark_offline(user)
+        await self.client.delete(keys.node(node, "m"), keys.node(node, "c"))
+        await self.client.srem(keys.nodes(), node)
+        log.warning("node_reaped", node=node, connections=len(conns), memberships=len(members),
+                    users=len(users))
 
     async def _sweep_every(self) -> None:
         while True:

@@ -36,6 +36,14 @@ class Keys:
     def last_seen(self) -> str:
         return f"{self.p}:last_seen"
 
+    # --- nodes: a heartbeat each, and what each holds, for when one dies without a word
+    def nodes(self) -> str:
+        return f"{self.p}:nodes"
+
+    def node(self, node_id: str, part: str) -> str:
+        """``hb`` heartbeat, ``c`` conn -> user, ``m`` memberships, ``reap`` the reaper's lock"""
+        return f"{self.p}:{{node:{node_id}}}:{part}"
+
     # --- plugins' stores
     def stored(self, namespace: str, key: str) -> str:
         return f"{self.p}:s:{namespace}:{{{key}}}"

@@ -60,9 +60,11 @@ return 0
 
 
 class RedisPresenceStore:
-    def __init__(self, client: Redis | RedisCluster, keys: Keys) -> None:
+    def __init__(self, client: Redis | RedisCluster, keys: Keys, node_id: str) -> None:
         self._r = client
         self._k = keys
+        #: this node's connections (conn -> user), for when it dies without a word
+        self._mine = keys.node(node_id, "c")
         self._ttl = LAST_SEEN_TTL
         self._add = client.register_script(ADD)
         self._remove = client.register_script(REMOVE)
@@ -77,6 +79,7 @@ class RedisPresenceStore:
         return self._k.user(user_id, "p")
 
     async def add_connection(self, user_id: str, conn_id: str, info: dict[str, Any]) -> int:
+        await self._r.hset(self._mine, conn_id, user_id)
         count = int(await self._add(keys=[self._key(user_id)],
                                     args=[f"c:{conn_id}", orjson.dumps(info)]))
         if count == 1:
@@ -85,6 +88,7 @@ class RedisPresenceStore:
 
     async def remove_connection(self, user_id: str, conn_id: str) -> int:
         left, last, dropped = await self._remove(keys=[self._key(user_id)], args=[f"c:{conn_id}"])
+        await self._r.hdel(self._mine, conn_id)
         if left == -1:
             return len(await self.connections(user_id))
         if last:

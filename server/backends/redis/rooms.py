@@ -47,9 +47,11 @@ return {count, gone, deleted}
 
 
 class RedisRoomStore:
-    def __init__(self, client: Redis | RedisCluster, keys: Keys) -> None:
+    def __init__(self, client: Redis | RedisCluster, keys: Keys, node_id: str) -> None:
         self._r = client
         self._k = keys
+        #: this node's memberships (``room\nuser\nconn``), for when it dies without a word
+        self._mine = keys.node(node_id, "m")
         self._create = client.register_script(CREATE)
         self._add = client.register_script(ADD)
         self._remove = client.register_script(REMOVE)
@@ -102,12 +104,14 @@ class RedisRoomStore:
         return int(await self._r.scard(self._k.rooms()))
 
     async def add_member(self, room: str, user_id: str, conn_id: str) -> int:
+        await self._r.sadd(self._mine, f"{room}\n{user_id}\n{conn_id}")
         count = await self._add(keys=self._keys(room)[1:], args=[conn_id, user_id])
         await self._r.sadd(self._k.user(user_id, "r"), room)
         return int(count)
 
     async def remove_member(self, room: str, user_id: str, conn_id: str) -> tuple[int, bool]:
         count, gone, deleted = await self._remove(keys=self._keys(room), args=[conn_id, user_id])
+        await self._r.srem(self._mine, f"{room}\n{user_id}\n{conn_id}")
         if gone:
             await self._r.srem(self._k.user(user_id, "r"), room)
         if deleted:
