@@ -40,8 +40,8 @@ REVOKED_KEPT = 100_000
 ROOM_OPTIONS_KEPT = 4096
 
 
-def check_name(field: str, value: str) -> None:
-    """A room name or a ``ton behind what a plugin holds (plugins see the Protocol only)."""
+def _socket(conn: ConnectionView) -> Connection:
+    """The core's connection behind what a plugin holds (plugins see the Protocol only)."""
     return cast(Connection, conn)
 
 
