@@ -59,9 +59,15 @@ async def _quietly(node: Node, work: Awaitable[Any]) -> None:
 async def _open(node: Node, registry: Registry, conn: Connection, claims: dict[str, Any],
                 query_rooms: str, reply_to: str | None) -> None:
     cfg = node.config
-    await node.backend.presence.add_connection(
+    count = await node.backend.presence.add_connection(
         conn.user.id, conn.id, {"username": conn.user.username, "connected_at": conn.connected_at,
                                 "node": node.node_id})
+    cap = cfg.security.max_connections_per_user
+    if cap and count > cap:  # the upgrade's cap counts this node; this one counts every node
+        conn.log.info("upgrade_refused", reason="per_user_cap", user_id=conn.user.id,
+                      connections=count)
+        conn.close(CloseCode.TRY_AGAIN_LATER, "too many connections for this user")
+        return
     wanted = list(cfg.rooms.default_rooms)
     wanted += [r.strip() for r in query_rooms.split(",") if r.strip() and r.strip() not in wanted]
     for room in wanted:

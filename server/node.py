@@ -261,13 +261,10 @@ class Node:
 
     async def send_to_user(self, user_id: str, type_: str, data: Any = None, *,
                            exclude: str | None = None, exclude_user: str | None = None,
-                           droppable: bool = False, **fields: Any) -> int:
-        """Publish to every connection of ``user_id``, cluster-wide. Returns the number of
-        this node's connections that got it."""
-        before = self.stats.messages_out
+                           droppable: bool = False, **fields: Any) -> None:
+        """Publish to every connection of ``user_id``, cluster-wide."""
         await self.backend.broker.publish("user", user_id, encode(frame(type_, data, **fields)),
                                           Route(exclude, exclude_user, droppable))
-        return self.stats.messages_out - before
 
     async def send_to_room(self, room: str, type_: str, data: Any = None, *,
                            exclude: str | None = None, exclude_user: str | None = None,

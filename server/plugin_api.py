@@ -193,7 +193,7 @@ class NodeAPI(Protocol):
     def send_frame(self, conn: Connection, message: dict[str, Any]) -> bool: ...
     async def send_to_user(self, user_id: str, type_: str, data: Any = None, *,
                            exclude: str | None = None, exclude_user: str | None = None,
-                           droppable: bool = False, **fields: Any) -> int: ...
+                           droppable: bool = False, **fields: Any) -> None: ...
     async def send_to_room(self, room: str, type_: str, data: Any = None, *,
                            exclude: str | None = None, exclude_user: str | None = None,
                            droppable: bool = False, **fields: Any) -> None: ...
@@ -373,11 +373,11 @@ class Context(Generic[C]):
     # --- sending elsewhere ---
     # Frames carry ``from`` = this user unless ``sender=`` is given (``sender=None`` omits it).
     async def send_to_user(self, user_id: str, type_: str, data: Any = None, *,
-                           exclude_self: bool = False, **fields: Any) -> int:
-        """Send to every connection of ``user_id`` (on every node); returns local deliveries."""
+                           exclude_self: bool = False, **fields: Any) -> None:
+        """Send to every connection of ``user_id`` (on every node)."""
         exclude = self.conn.id if exclude_self else None
         fields.setdefault("sender", self.user.public())
-        return await self.node.send_to_user(user_id, type_, data, exclude=exclude, **fields)
+        await self.node.send_to_user(user_id, type_, data, exclude=exclude, **fields)
 
     async def send_to_room(self, room: str, type_: str, data: Any = None, *,
                            exclude_self: bool = True, **fields: Any) -> None:

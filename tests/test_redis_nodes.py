@@ -195,3 +195,19 @@ async def test_a_node_started_after_a_revocation_refuses_the_token(
     with pytest.raises(WSServerHandshakeError) as refused:
         await later.ws_connect("/ws", params={"token": make_token("dave", jti="t-old")})
     assert refused.value.status == 401
+
+
+async def test_the_per_user_cap_counts_every_node(nodes: tuple[TestClient, TestClient]) -> None:
+    a, b = nodes
+    for node in nodes:
+        node.app[NODE].config = node.app[NODE].config.model_copy(update={
+            "security": node.app[NODE].config.security.model_copy(
+                update={"max_connections_per_user": 1})})
+    alice = await connector(a)("alice")
+    second = await connector(b)("alice", expect_connected=False)
+    assert await second.closed() == 1013
+    assert (await alice.request("ping"))["type"] == "pong"  # the first one stays
+    started = time.monotonic()  # the refused one is forgotten once its close is handled
+    while (await (await a.get("/api/users/alice/status", headers=ADMIN)).json())["connections"] != 1:
+        assert time.monotonic() - started < 3.0
+        await asyncio.sleep(0.05)
