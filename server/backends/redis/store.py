@@ -98,22 +98,25 @@ class RedisStore:
     async def stream_read(self, key: str, *, after: str | None = None,
                           limit: int = 100) -> list[tuple[str, Any]]:
         name = self._key(key)
-        try:
-            entries = await self._r.xrange(name, min=f"({after}" if after else "-", max="+",
-                                           count=limit * 2 + 10)
-        except ResponseError as exc:
-            raise _kind_error(key, exc) from None
         now_ms = time.time() * 1000
         out: list[tuple[str, Any]] = []
         expired: list[bytes] = []
-        for entry_id, fields in entries:
-            ttl = float(fields[b"t"])
-            if ttl and int(entry_id.split(b"-")[0]) + ttl * 1000 <= now_ms:
-                expired.append(entry_id)
-                continue
-            out.append((entry_id.decode(), orjson.loads(fields[b"v"])))
-            if len(out) >= limit:
+        start = f"({after}" if after else "-"
+        while len(out) < limit:
+            want = limit - len(out) + 16  # a few more: some may have expired
+            try:
+                entries = await self._r.xrange(name, min=start, max="+", count=want)
+            except ResponseError as exc:
+                raise _kind_error(key, exc) from None
+            for entry_id, fields in entries:
+                ttl = float(fields[b"t"])
+                if ttl and int(entry_id.split(b"-")[0]) + ttl * 1000 <= now_ms:
+                    expired.append(entry_id)  # entries expire each after its own ttl
+                elif len(out) < limit:
+                    out.append((entry_id.decode(), orjson.loads(fields[b"v"])))
+            if len(entries) < want:
                 break
+            start = f"({entries[-1][0].decode()}"
         if expired:
             await self._r.xdel(name, *expired)
         return out
