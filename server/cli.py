@@ -68,6 +68,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from .log import configure_logging
 
+    if supervising or args.worker is not None:
+        workers.whole_lines()  # one stderr for all: no line may be written in pieces
     configure_logging(loaded.config.logging)
     import structlog
 
@@ -92,9 +94,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
-               link: Any = None) -> int:
+               link: workers.ParentLink | None = None) -> int:
     """Serve until SIGTERM or SIGINT. A worker of ``--workers`` binds with ``SO_REUSEPORT``
-    and tells its parent through ``link`` (a ``workers.ParentLink``) when it listens."""
+    and tells its parent through ``link`` when it listens."""
     from aiohttp import web
 
     from .http.access_log import AccessLogger

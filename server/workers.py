@@ -29,7 +29,9 @@ Signals. SIGTERM and SIGINT to the parent are forwarded to every worker; each dr
 process does (open connections closed with 1001, exit within ``server.shutdown_timeout``) and
 the parent exits when all have: 0 when each exited cleanly, 1 otherwise; a worker still running
 ``STOP_GRACE`` seconds after the shutdown timeout is killed (SIGKILL) and the exit is 1. SIGHUP
-is forwarded too: each worker re-reads the config.
+goes to one worker only: a node that reloads has every other node on the Redis re-read its own
+file (the control channel's ``reload``), the other workers included; sending it to each worker
+would reload every node N times.
 
 A worker that dies unexpectedly is logged (``worker_exited``) and, when it had been serving,
 restarted after ``RESTART_DELAY`` seconds with the same number and node id (its clients
@@ -42,12 +44,13 @@ workers ended, not a crash that was repaired by a restart (that one is in the lo
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
 import sys
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 import structlog
 
@@ -62,7 +65,7 @@ READY = b"ready\n"
 RESTART_DELAY = 1.0
 #: seconds past ``server.shutdown_timeout`` before the parent kills a worker still stopping
 STOP_GRACE = 5.0
-#: the signals that stop the workers (forwarded), and the one that reloads them
+#: the signals that stop the workers (forwarded to each)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -113,6 +116,15 @@ def address_in_use(host: str, port: int) -> OSError | None:
         except OSError as exc:
             return exc
     return None
+
+
+def whole_lines() -> None:
+    """Have stderr write each line in one ``write()``: the parent and its workers share it, and
+    one write to a pipe (up to 4 KiB) is never interleaved with another process's. An
+    unbuffered stderr (``PYTHONUNBUFFERED``, ``python -u``) writes a log line and its newline
+    apart, so two workers' lines could end up on one line."""
+    if isinstance(sys.stderr, io.TextIOWrapper):
+        sys.stderr.reconfigure(line_buffering=True, write_through=False)
 
 
 def worker_command(config_path: str | None, host: str | None, port: int | None) -> list[str]:
@@ -167,7 +179,6 @@ class _Worker:
     proc: asyncio.subprocess.Process | None = None
     ready: bool = False
     ever_ready: bool = False
-    tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
 class Supervisor:
@@ -197,6 +208,18 @@ class Supervisor:
                     worker.proc.send_signal(sig)
                 except ProcessLookupError:
                     pass
+
+    def reload(self) -> None:
+        """SIGHUP: to the first worker that runs; it has every node reload (reload.py)."""
+        for worker in self.workers:
+            if worker.proc is not None and worker.proc.returncode is None:
+                try:
+                    worker.proc.send_signal(signal.SIGHUP)
+                except ProcessLookupError:
+                    continue
+                log.info("workers_reload", worker=worker.number, pid=worker.proc.pid)
+                return
+        log.warning("workers_reload_skipped", detail="no worker is running")
 
     def fail(self, code: int) -> None:
         if not self.code:
@@ -288,7 +311,7 @@ class Supervisor:
         loop = asyncio.get_running_loop()
         for sig in STOP_SIGNALS:
             loop.add_signal_handler(sig, self.stop, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.forward, signal.SIGHUP)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
         srv = self.config.server
         log.info("workers_starting", workers=len(self.workers), host=srv.host, port=srv.port,
                  pid=os.getpid())
