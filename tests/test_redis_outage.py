@@ -50,7 +50,7 @@ async def test_an_outage_refuses_what_needs_redis_and_recovers(
     assert fresh_redis.cli("PUBSUB", "SHARDNUMSUB", channel).split()[-1] == "1"
 
     with capture_logs() as logs:
-        await fresh_redis.astop()
+        await fresh_redis.akill()  # no goodbye: the connections just break
         assert await _until(lambda: _ready(node, 503), 5.0) < 5.0
         assert (await alice.request("ping"))["type"] == "pong"
         await alice.send("typing", room="lobby", data={"is_typing": True})
