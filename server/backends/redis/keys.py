@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import RedisCluster
 
 
@@ -27,7 +27,7 @@ class Keys:
 
     # --- users
     def user(self, user_id: str, part: str) -> str:
-        """``p`` presence, ``r`` rooms, ``ib`` inbox, ``im`` its counter"""
+        """``p`` presence, ``r`` rooms, ``ih`` inbox stream, ``im`` its counter, ``ch`` channel"""
         return f"{self.p}:{{user:{user_id}}}:{part}"
 
     def online(self) -> str:
@@ -57,6 +57,11 @@ class Keys:
         return f"{self.p}:{kind}"
 
 
+#: most connections to Redis (per node of a cluster), and how long a command waits for one
+POOL_SIZE = 128
+POOL_TIMEOUT = 5.0
+
+
 def dumps(value: Any) -> bytes:
     return orjson.dumps(value)
 
@@ -70,4 +75,7 @@ def connect(url: str, *, cluster: bool) -> Redis | RedisCluster:
     out). A cluster client follows MOVED/ASK and knows every master."""
     if cluster:
         return RedisCluster.from_url(url, decode_responses=False)
-    return Redis.from_url(url, decode_responses=False, health_check_interval=10)
+    # a burst beyond the pool waits for a connection (at most POOL_TIMEOUT s) instead of failing
+    pool = BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=POOL_TIMEOUT,
+                                           decode_responses=False, health_check_interval=10)
+    return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections
