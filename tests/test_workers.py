@@ -193,7 +193,7 @@ async def _on_two_workers(session: aiohttp.ClientSession, server: Workers) -> tu
     """Two connections (of two users) that landed on different workers."""
     first = await _connect(session, server, "alice")
     assert first.connected is not None
-    for attempt in range(ATTEMPTS):
+    for _ in range(ATTEMPTS):
         # always bob: a closed try that a worker has not forgotten yet is not a third user
         other = await _connect(session, server, "bob")
         assert other.connected is not None
