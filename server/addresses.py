@@ -14,7 +14,18 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def networks(cidrs: Iterable[str]) -> tuple[Network, ...]:
-    return tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
+    return tuple(_network(c) for c in cidrs)
+
+
+def _network(cidr: str) -> Network:
+    """An IPv4 network written IPv4-mapped (``::ffff:10.0.0.0/104``) is that IPv4 network, as
+    a mapped client address is its IPv4 address: otherwise it could never match anything."""
+    net = ipaddress.ip_network(cidr, strict=False)
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        mapped = net.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.IPv4Network((mapped, net.prefixlen - 96))
+    return net
 
 
 def parse_ip(text: str | None) -> Address | None:
@@ -77,7 +88,9 @@ class Origin:
 
 def parse_origin(value: str) -> Origin | None:
     """An ``Origin`` header as (scheme, host, port), lowercased, IDNA-encoded and with the
-    default port made explicit; None for ``null``, a path, credentials or anything else."""
+    default port made explicit, one trailing dot on the host dropped (``app.example.com.`` is
+    ``app.example.com``); None for ``null``, a path, credentials, an empty host label
+    (``app.example.com..``) or anything else."""
     try:
         url = URL(value.strip())
     except ValueError:
@@ -85,4 +98,8 @@ def parse_origin(value: str) -> Origin | None:
     if not url.absolute or not url.raw_host or url.raw_user is not None or url.query_string \
             or url.raw_fragment or url.raw_path not in ("", "/"):
         return None
-    return Origin(url.scheme.lower(), url.raw_host.lower().rstrip("."), url.port)
+    host = url.raw_host.lower()
+    host = host[:-1] if host.endswith(".") else host  # one trailing dot: the same DNS name
+    if not host or "" in host.split("."):  # "a..b", "a.." and "." are not host names
+        return None
+    return Origin(url.scheme.lower(), host, url.port)

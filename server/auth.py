@@ -31,6 +31,8 @@ log = structlog.get_logger(__name__)
 #: the shortest HMAC secret that PyJWT does not warn about (RFC 7518 §3.2: key >= hash size)
 _MIN_HMAC_BYTES = 32
 _JWKS_TIMEOUT = 5.0
+#: the longest token accepted, in bytes; longer ones are refused before any parsing
+MAX_TOKEN_BYTES = 8192
 
 
 class Revocations:
@@ -157,6 +159,8 @@ class Authenticator:
         """Return the claims of a valid token or raise AuthError with the reason."""
         if not token or not isinstance(token, str):
             raise AuthError("missing token")
+        if len(token) > MAX_TOKEN_BYTES or len(token.encode()) > MAX_TOKEN_BYTES:
+            raise AuthError(f"token longer than {MAX_TOKEN_BYTES} bytes")
         cfg = self.config
         key = await self._jwks_key(token) if cfg.jwks_url else self._key
         required = ["sub"] + (["exp"] if cfg.require_exp else [])

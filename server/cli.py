@@ -50,6 +50,13 @@ def _print_config_error(exc: ConfigError, source: str | None) -> None:
 
 # --- serve --------------------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .versions import installed, problems
+
+    outdated = problems(installed())  # dependencies older than their security fixes
+    if outdated:
+        for problem in outdated:
+            print(f"switchboard: cannot start: {problem}", file=sys.stderr)
+        return 2
     path = _config_path(args.config)
     overrides: dict[str, Any] = {}
     if args.host is not None:

@@ -11,6 +11,7 @@ open connections.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from .connection import Connection
@@ -123,6 +124,10 @@ async def _core(node: Node, conn: Connection, env: Envelope) -> None:
             raise MessageRejected(ErrorCode.FORBIDDEN, "refresh token is for another user")
         exp = claims.get("exp")
         expires_at = int(exp) if exp is not None else None
+        # the connection holds the new token from now on: its claims (``jti``) are what a
+        # revocation matches (``Node._revoke``); the identity (id, username, roles) stays.
+        # Nothing awaited since verify() checked the revocations, so none can slip in between.
+        conn.user = dataclasses.replace(conn.user, claims=claims)
         conn.schedule_expiry(node.auth.deadline(claims))
         conn.log.info("token_refreshed", expires_at=expires_at)
         node.send_to_connection(conn, "refreshed", {"expires_at": expires_at}, reply_to=env.id)
