@@ -8,7 +8,7 @@ import structlog
 from aiohttp import web
 
 from .config import DEV_SECRET, Config
-from .http import api, pages
+from .http import api, conformance, pages
 from .http.errors import error_middleware
 from .http.guards import UpgradeGuard
 from .http.sessions import HTTP_SESSIONS, HttpSessions
@@ -47,6 +47,8 @@ def create_app(config: Config, *, config_path: str | None = None,
     app.router.add_get(config.server.ws_path, websocket_handler)
     app.router.add_routes(api.routes)
     pages.setup(app)
+    if config.server.conformance_echo:
+        conformance.setup(app)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_drain)
     return app

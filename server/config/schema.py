@@ -52,6 +52,8 @@ class ServerConfig(Section):
     node_id: str = ""
     # "production" refuses settings only safe on a developer's machine (_environment_errors)
     environment: Literal["development", "production"] = "development"
+    # GET /conformance/echo: an unauthenticated echo WebSocket for the Autobahn suite (tests only)
+    conformance_echo: bool = False
 
     @field_validator("ws_path")
     @classmethod
@@ -70,6 +72,9 @@ class ServerConfig(Section):
         if self.pong_wait <= self.ping_period:
             raise FieldError("pong_wait", f"must be greater than server.ping_period "
                              f"({self.ping_period:g}), got {self.pong_wait:g}")
+        if self.conformance_echo and self.environment == "production":
+            raise FieldError("conformance_echo", "must be false when server.environment is "
+                             "production: it is an unauthenticated echo endpoint for tests")
         return self
 
 
