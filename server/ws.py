@@ -17,6 +17,7 @@ from .connection import Connection
 from .errors import AuthError, MessageRejected
 from .frames import handle_frame, unsupported_frame
 from .http.guards import CLAIMS, CLIENT_IP, LEASE
+from .http.wire import MaskGuard, answer_close
 from .http.openapi import describe
 from .keys import NODE, PIPELINE, REGISTRY
 from .lifecycle import connected
@@ -30,89 +31,6 @@ log = structlog.get_logger("server.ws")
 _DONE = {WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR}
 #: text frames a read loop handles between two yields to the event loop (docs/benchmarks.md)
 FRAMES_PER_TURN = 4
-#: close codes that must never be on the wire (RFC 6455 7.4.1). aiohttp's reader refuses 1005
-#: and 1015 itself (1002) but hands a received 1006 on; its autoclose would answer it with 1000
-_NEVER_SENT = frozenset({1005, 1006, 1015})
-
-
-async def answer_close(ws: web.WebSocketResponse, msg: Any) -> None:
-    """Answer the client's close frame (``autoclose`` is off so that this is the only answer):
-    1002 for a code no endpoint may send (Autobahn case 7.9.5), else 1000."""
-    code = CloseCode.PROTOCOL_ERROR if msg.data in _NEVER_SENT else CloseCode.NORMAL
-    await ws.close(code=int(code), drain=False)
-
-
-class MaskGuard(asyncio.Protocol):
-    """Refuses unmasked client frames (RFC 6455 5.1: close 1002), which aiohttp accepts and whose
-    mask bit its reader does not expose. Installed between an upgraded connection's socket and
-    aiohttp's protocol (public asyncio ``transport.set_protocol``), it follows the frame headers
-    of the client's bytes and passes them on unchanged; at the first unmasked frame it writes a
-    close 1002 and closes the socket, and that frame never reaches aiohttp. Bytes that arrived
-    together with the upgrade request (before the 101) are not seen: a client cannot have read
-    the 101 by then."""
-
-    _CLOSE = b"\x88\x10\x03\xeaunmasked frame"  # close 1002, 14-byte reason
-
-    def __init__(self, transport: asyncio.Transport, inner: asyncio.Protocol) -> None:
-        self._transport = transport
-        self._inner = inner
-        self._head = bytearray()  # the current frame's header, while incomplete
-        self._skip = 0  # payload bytes of the current frame still to come
-        self.refused = False
-
-    @classmethod
-    def install(cls, request: web.Request) -> "MaskGuard | None":
-        transport = request.transport
-        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
-            return None
-        guard = cls(transport, transport.get_protocol())  # type: ignore[arg-type]
-        transport.set_protocol(guard)
-        return guard
-
-    def data_received(self, data: bytes) -> None:
-        if self.refused:
-            return
-        head, n, pos, start = self._head, len(data), 0, 0
-        while pos < n:
-            if self._skip:
-                step = min(self._skip, n - pos)
-                self._skip -= step
-                pos += step
-                continue
-            if not head:
-                start = pos
-            head.append(data[pos])
-            pos += 1
-            if len(head) < 2:
-                continue
-            if not head[1] & 0x80:
-                self._refuse(data[:start])
-                return
-            ext = {126: 2, 127: 8}.get(head[1] & 0x7F, 0)
-            if len(head) == 2 + ext + 4:
-                self._skip = int.from_bytes(head[2:2 + ext], "big") if ext else head[1] & 0x7F
-                head.clear()
-        self._inner.data_received(data)
-
-    def _refuse(self, before: bytes) -> None:
-        self.refused = True
-        if before:
-            self._inner.data_received(before)
-        log.info("protocol_error", reason="unmasked client frame")
-        self._transport.write(self._CLOSE)
-        self._transport.close()
-
-    def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._inner.connection_lost(exc)
-
-    def pause_writing(self) -> None:
-        self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        self._inner.resume_writing()
 
 
 async def _first_frame_auth(ws: web.WebSocketResponse,

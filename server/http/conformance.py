@@ -9,7 +9,7 @@ from __future__ import annotations
 from aiohttp import WSMsgType, web
 
 from ..keys import NODE
-from ..ws import MaskGuard, answer_close
+from .wire import MaskGuard, answer_close
 
 PATH = "/conformance/echo"
 
