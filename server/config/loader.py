@@ -142,6 +142,11 @@ def _environment_errors(config: Config, sources: Mapping[KeyPath, str]) -> list[
         if auth.algorithm.startswith("HS") and auth.secret == DEV_SECRET:
             found.append((("auth", "secret"), "is the public development default, refused when "
                           "server.environment is production: set the JWT_SECRET environment variable"))
+        elif auth.secret and len(auth.secret.encode()) < _HMAC_MIN_BYTES.get(auth.algorithm, 0):
+            found.append((("auth", "secret"), f"{len(auth.secret.encode())} bytes is too short for "
+                          f"{auth.algorithm}, refused when server.environment is production: use "
+                          f"at least {_HMAC_MIN_BYTES[auth.algorithm]} random bytes (RFC 7518, "
+                          "section 3.2)"))
     return [f"{key_path(path)}: {text}" + (f" (from {sources[path]})" if path in sources else "")
             for path, text in found]
 
