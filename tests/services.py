@@ -248,7 +248,52 @@ def _answers_ping(port: int) -> bool:
 # Redis
 
 
-class RedisServer:
+class _Service:
+    """What RedisServer and NginxServer share: a port kept across restarts, a temporary
+    directory with the log file, and a process (the leader of its group) to stop."""
+
+    _log_name = "service.log"
+    _own_dir = True
+    _port: int
+    dir: Path
+    _proc: subprocess.Popen[bytes] | None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / self._log_name
+
+    @property
+    def pid(self) -> int | None:
+        """The process's pid (the leader of its process group) while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log(self) -> str:
+        """The service's log so far (every start's)."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM and wait for the exit; SIGKILL of the whole process group after
+        ``timeout``. No-op when stopped."""
+        if self._proc is not None:
+            _terminate(self._proc, signal.SIGTERM, timeout)
+            self._proc = None
+
+    def close(self) -> None:
+        """Stop and remove the temporary directory (when this object made it)."""
+        self.stop()
+        if self._own_dir:
+            _remove_tmp_dir(self.dir)
+
+
+class RedisServer(_Service):
     """One ``redis-server`` on 127.0.0.1, no persistence, in a temporary directory.
 
     The port is picked on construction (or given) and kept: :meth:`start` after :meth:`stop`
@@ -259,6 +304,8 @@ class RedisServer:
             server.cli("SET", "k", "v")
             server.stop(); server.start()          # an outage of the same server
     """
+
+    _log_name = "redis.log"
 
     def __init__(self, *extra_args: str, port: int | None = None,
                  directory: Path | None = None, cluster_node_timeout_ms: int | None = None,
@@ -273,10 +320,10 @@ class RedisServer:
         # the cluster bus port (otherwise PORT + 10000: neither free nor valid above 55535)
         self._bus_port: int | None = free_port() if cluster_node_timeout_ms is not None else None
         self._own_dir = directory is None
-        self.dir: Path = directory if directory is not None else _make_tmp_dir("sb-redis-")
+        self.dir = directory if directory is not None else _make_tmp_dir("sb-redis-")
         self.cluster_node_timeout_ms = cluster_node_timeout_ms
         self.start_timeout = start_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._proc = None
         self._started_once = False
 
     # -- addresses --
@@ -284,10 +331,6 @@ class RedisServer:
     @property
     def host(self) -> str:
         return HOST
-
-    @property
-    def port(self) -> int:
-        return self._port
 
     @property
     def bus_port(self) -> int | None:
@@ -298,22 +341,6 @@ class RedisServer:
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0``."""
         return f"redis://{HOST}:{self._port}/0"
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / "redis.log"
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log(self) -> str:
-        """The server's log so far (all starts)."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     # -- life cycle --
 
@@ -365,12 +392,6 @@ class RedisServer:
                                    + "\n".join(text.splitlines()[-30:]))
             time.sleep(POLL_INTERVAL)
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM and wait for the exit (SIGKILL after ``timeout``). No-op when stopped."""
-        if self._proc is not None:
-            _terminate(self._proc, signal.SIGTERM, timeout)
-            self._proc = None
-
     def kill(self) -> None:
         """SIGKILL (a crash: no shutdown at all) and reap. No-op when stopped."""
         if self._proc is not None:
@@ -382,11 +403,6 @@ class RedisServer:
         self.stop()
         return self.start()
 
-    def close(self) -> None:
-        """Stop and remove the temporary directory (when this object made it)."""
-        self.stop()
-        if self._own_dir:
-            _remove_tmp_dir(self.dir)
 
     # awaitable variants for async tests whose event loop must keep running meanwhile
 
@@ -585,7 +601,7 @@ http {
 """
 
 
-class NginxServer:
+class NginxServer(_Service):
     """``/usr/sbin/nginx`` as the current user on a free 127.0.0.1 port, its prefix, config,
     pid file and temp paths in a temporary directory, in the foreground::
 
@@ -596,6 +612,8 @@ class NginxServer:
     :data:`NGINX_PROXY_TEMPLATE`, the default). Ready when the port accepts connections.
     """
 
+    _log_name = "nginx.log"
+
     def __init__(self, upstreams: Sequence[str], template: str = NGINX_PROXY_TEMPLATE, *,
                  start_timeout: float = START_TIMEOUT) -> None:
         if "{listen_port}" not in template:
@@ -603,13 +621,9 @@ class NginxServer:
         self.upstreams: list[str] = list(upstreams)
         self.template = template
         self.start_timeout = start_timeout
-        self.dir: Path = _make_tmp_dir("sb-nginx-")
+        self.dir = _make_tmp_dir("sb-nginx-")
         self._port = free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def port(self) -> int:
-        return self._port
+        self._proc = None
 
     @property
     def url(self) -> str:
@@ -624,23 +638,6 @@ class NginxServer:
     @property
     def config_path(self) -> Path:
         return self.dir / "nginx.conf"
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / "nginx.log"
-
-    @property
-    def pid(self) -> int | None:
-        """The master's pid (it leads the process group of its workers) while running."""
-        return self._proc.pid if self.running and self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    def log(self) -> str:
-        """nginx's stderr (its error log) so far."""
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def render(self) -> str:
         """The config text for the current port and upstreams."""
@@ -678,18 +675,6 @@ class NginxServer:
                     continue
                 raise ServiceError(f"nginx: {exc}:\n{text}") from None
         raise AssertionError("unreachable")  # pragma: no cover
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """SIGTERM (fast shutdown: the master stops its workers) and wait; SIGKILL of the
-        whole process group after ``timeout``. No-op when stopped."""
-        if self._proc is not None:
-            _terminate(self._proc, signal.SIGTERM, timeout)
-            self._proc = None
-
-    def close(self) -> None:
-        """Stop and remove the temporary directory."""
-        self.stop()
-        _remove_tmp_dir(self.dir)
 
     def __enter__(self) -> NginxServer:
         return self.start()

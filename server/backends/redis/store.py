@@ -31,6 +31,13 @@ class RedisStore:
     def _key(self, key: str) -> str:
         return self._k.stored(self._ns, key)
 
+    async def _expire(self, name: str, ttl: float) -> None:
+        """A hash or stream lasts ``ttl`` seconds from this write (0: for ever)."""
+        if ttl:
+            await self._r.pexpire(name, int(ttl * 1000))
+        else:
+            await self._r.persist(name)
+
     # --- values ---------------------------------------------------------------------------
     async def get(self, key: str) -> Any | None:
         try:
@@ -63,10 +70,7 @@ class RedisStore:
             await self._r.hset(name, field, orjson.dumps(value))
         except ResponseError as exc:
             raise _kind_error(key, exc) from None
-        if ttl:
-            await self._r.pexpire(name, int(ttl * 1000))
-        else:
-            await self._r.persist(name)
+        await self._expire(name, ttl)
 
     async def hash_all(self, key: str) -> dict[str, Any]:
         try:
@@ -89,10 +93,7 @@ class RedisStore:
                                           maxlen=maxlen, approximate=False)
         except ResponseError as exc:
             raise _kind_error(key, exc) from None
-        if ttl:
-            await self._r.pexpire(name, int(ttl * 1000))
-        else:
-            await self._r.persist(name)
+        await self._expire(name, ttl)
         return str(entry_id.decode())
 
     async def stream_read(self, key: str, *, after: str | None = None,
