@@ -11,6 +11,7 @@ from .config import DEV_SECRET, Config
 from .http import api, conformance, pages
 from .http.errors import error_middleware
 from .http.guards import UpgradeGuard
+from .http.handshake import headers_read
 from .http.sessions import HTTP_SESSIONS, HttpSessions
 from .keys import NODE, PIPELINE, REGISTRY
 from .pipeline import build_pipeline
@@ -37,7 +38,8 @@ def create_app(config: Config, *, config_path: str | None = None,
     node.metrics.track([*CORE_TYPES, *registry.handlers])
     node.metrics.watch(node.node_id, node.hub)
     guard = UpgradeGuard(config)
-    app = web.Application(middlewares=[error_middleware, guard.middleware])
+    # headers_read first: it stops the connection's server.handshake_timeout clock
+    app = web.Application(middlewares=[headers_read, error_middleware, guard.middleware])
     app[NODE] = node
     app[REGISTRY] = registry
     app[PIPELINE] = build_pipeline(config, registry.stages)

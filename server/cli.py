@@ -103,9 +103,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
                link: workers.ParentLink | None = None) -> int:
     """Serve until SIGTERM or SIGINT. A worker of ``--workers`` binds with ``SO_REUSEPORT``
-    and tells its parent through ``link`` when it listens."""
+    and tells its parent through ``link`` when it listens. The listening socket is
+    ``http.handshake``'s (a ``TCPSite`` has no header timeout)."""
     from aiohttp import web
 
+    from .http import handshake
     from .http.access_log import AccessLogger
     from .keys import NODE
 
@@ -116,6 +118,7 @@ async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
         access_log_class=AccessLogger,
         access_log=logging.getLogger("aiohttp.access") if config.logging.access_log else None,
         shutdown_timeout=srv.shutdown_timeout,
+        keepalive_timeout=srv.keepalive_timeout,  # aiohttp's own default is an hour
         read_bufsize=srv.read_buffer_size,
     )
     try:
@@ -124,15 +127,14 @@ async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
         log.error("startup_failed", error=str(exc))
         print(f"switchboard: cannot start: {exc}", file=sys.stderr)
         return 2
-    site = web.TCPSite(runner, srv.host, srv.port, reuse_address=True,
-                       reuse_port=True if worker else None)
-    try:
-        await site.start()
+    try:  # each connection must complete its request headers within server.handshake_timeout
+        listener = await handshake.listen(runner, srv.host, srv.port, reuse_port=worker,
+                                          timeout=srv.handshake_timeout)
     except OSError as exc:
         log.error("listen_failed", host=srv.host, port=srv.port, error=str(exc))
         await runner.cleanup()
         return 1
-    for address in runner.addresses:
+    for address in (sock.getsockname() for sock in listener.sockets):
         host, port = address[0], address[1]
         shown = f"[{host}]" if ":" in host else host
         log.info("server_listening", url=f"ws://{shown}:{port}{srv.ws_path}", host=host, port=port,
@@ -148,6 +150,7 @@ async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
         link.ready(stop.set)  # and stop when the parent is gone
     await stop.wait()
     log.info("server_stopping", shutdown_timeout=srv.shutdown_timeout)
+    listener.close()  # stop accepting, as runner.cleanup() does for its sites
     try:
         async with asyncio.timeout(srv.shutdown_timeout + 1.0):
             await runner.cleanup()

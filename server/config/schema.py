@@ -48,6 +48,10 @@ class ServerConfig(Section):
     ping_period: PositiveFloat = 25.0
     pong_wait: PositiveFloat = 60.0
     shutdown_timeout: PositiveFloat = 10.0
+    # seconds from accepting a connection to its request headers being complete (slowloris)
+    handshake_timeout: PositiveFloat = 10.0
+    # seconds an idle keep-alive HTTP connection is kept between two requests
+    keepalive_timeout: PositiveFloat = 75.0
     trusted_proxies: list[str] = []
     node_id: str = ""
     # "production" refuses settings only safe on a developer's machine (_environment_errors)

@@ -1,0 +1,128 @@
+"""``server.handshake_timeout``: a connection whose request headers are not complete in time
+is closed (slowloris: handshakes that trickle in a byte at a time and never finish, each
+holding a socket). aiohttp has no such timeout of its own.
+
+:func:`listen` opens the listening socket for an ``AppRunner`` (instead of a ``TCPSite``) and
+puts a :class:`HeaderDeadline` between each accepted socket and aiohttp's protocol. The clock
+starts when the connection is accepted, and on a keep-alive connection again at the first
+byte of each later request; it stops when the request's headers are complete, which the
+:func:`headers_read` middleware (first in ``create_app``'s list) reports. While a request is
+being handled (a body upload, a long response, a WebSocket for all its life) nothing is
+timed, and an idle keep-alive connection is left to aiohttp's keep-alive timeout. A
+connection that runs out of time is closed without an answer, before it has reached the
+application: it never held a place in the upgrade guards' counts.
+
+Servers made another way (aiohttp's ``TestServer``) have no header deadline; the middleware is
+then a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+log = structlog.get_logger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HeaderDeadline(asyncio.Protocol):
+    """One connection: aiohttp's protocol (``inner``) behind a clock on its request headers."""
+
+    __slots__ = ("_inner", "_timeout", "_transport", "_timer", "_busy")
+
+    def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
+        self._inner = inner
+        self._timeout = timeout
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._busy = False  # between a request's complete headers and its handler's end
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        self._start()
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._busy and self._timer is None and data:
+            self._start()  # the first byte of the next request on a keep-alive connection
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop()
+        self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def request_started(self) -> None:
+        """The request's headers are complete: stop the clock."""
+        self._busy = True
+        self._stop()
+
+    def request_done(self) -> None:
+        """The handler returned: the next byte starts the next request's clock."""
+        self._busy = False
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._timeout, self._expired)
+
+    def _stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self) -> None:
+        self._timer = None
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        peer = transport.get_extra_info("peername")
+        log.info("handshake_timeout", remote=peer[0] if isinstance(peer, tuple) else None,
+                 timeout=self._timeout)
+        transport.close()
+
+
+@web.middleware
+async def headers_read(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells the connection's :class:`HeaderDeadline` (if it has one) that a request's headers
+    are complete, and when its handler is done."""
+    transport = request.transport
+    deadline = transport.get_protocol() if transport is not None else None
+    if not isinstance(deadline, HeaderDeadline):
+        return await handler(request)
+    deadline.request_started()
+    try:
+        return await handler(request)
+    finally:
+        deadline.request_done()
+
+
+async def listen(runner: web.AppRunner, host: str, port: int, *, timeout: float,
+                 reuse_port: bool = False, backlog: int = 128) -> asyncio.Server:
+    """Listen for ``runner`` (set up, its app made by ``create_app``) on ``host:port``, each
+    connection behind a :class:`HeaderDeadline` of ``timeout`` seconds. Close the returned
+    server before ``runner.cleanup()``, as a site would be."""
+    server = runner.server
+    if server is None:
+        raise RuntimeError("call runner.setup() first")
+    if headers_read not in runner.app.middlewares:
+        # without it no request would ever stop its clock: every connection would be cut
+        raise RuntimeError("the app has no headers_read middleware")
+
+    def protocol() -> asyncio.Protocol:
+        return HeaderDeadline(server(), timeout)
+
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(protocol, host, port, backlog=backlog, reuse_address=True,
+                                    reuse_port=reuse_port)
