@@ -10,6 +10,7 @@ other labels get a series each up to a limit, then share ``other``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Generic, Hashable, Iterable, Iterator, TypeVar
@@ -173,6 +174,14 @@ class Metrics:
         self.http.add((method, route, status))
 
 
+def _loop_tasks() -> int | None:
+    """Tasks not done on the running event loop (a scrape runs on it); None outside one."""
+    try:
+        return len(asyncio.all_tasks())
+    except RuntimeError:
+        return None
+
+
 def _counter(name: str, doc: str, label: str, counts: Counts[K]) -> CounterMetricFamily:
     family = CounterMetricFamily(name, doc, labels=[label])
     for key, n in counts.values.items():
@@ -243,6 +252,11 @@ class _Collector(Collector):
         yield fanout
         yield _counter("switchboard_backend_errors", "Failed backend calls, by operation",
                        "operation", m.backend_errors)
+        tasks = _loop_tasks()
+        if tasks is not None:
+            yield GaugeMetricFamily("switchboard_event_loop_tasks",
+                                    "asyncio tasks not yet done on this node's event loop",
+                                    value=tasks)
         http = CounterMetricFamily("switchboard_http_requests", "HTTP requests answered",
                                    labels=["method", "route", "status"])
         for (method, route, status), n in m.http.values.items():

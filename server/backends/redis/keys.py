@@ -6,6 +6,7 @@ never touched in the same command as another slot's."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -70,12 +71,20 @@ def loads(data: bytes | str | None) -> Any:
     return None if data is None else orjson.loads(data)
 
 
-def connect(url: str, *, cluster: bool) -> Redis | RedisCluster:
+def client_name(node_id: str) -> str:
+    """What each of a node's Redis connections is called (``CLIENT SETNAME``), so that
+    ``CLIENT LIST`` tells whose they are: ``switchboard-<node>``, spaces and the like replaced."""
+    return "switchboard-" + re.sub(r"[^A-Za-z0-9._:-]", "_", node_id)
+
+
+def connect(url: str, *, cluster: bool, name: str | None = None) -> Redis | RedisCluster:
     """The client: one connection pool for commands (``decode_responses`` off: bytes in, bytes
-    out). A cluster client follows MOVED/ASK and knows every master."""
+    out), its connections named ``name``. A cluster client follows MOVED/ASK and knows every
+    master."""
     if cluster:
-        return RedisCluster.from_url(url, decode_responses=False)
+        return RedisCluster.from_url(url, decode_responses=False, client_name=name)
     # a burst beyond the pool waits for a connection (at most POOL_TIMEOUT s) instead of failing
     pool = BlockingConnectionPool.from_url(url, max_connections=POOL_SIZE, timeout=POOL_TIMEOUT,
-                                           decode_responses=False, health_check_interval=10)
+                                           decode_responses=False, health_check_interval=10,
+                                           client_name=name)
     return Redis.from_pool(pool)  # the client owns the pool: closing it closes the connections

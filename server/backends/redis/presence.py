@@ -65,6 +65,8 @@ class RedisPresenceStore:
         self._k = keys
         #: this node's connections (conn -> user), for when it dies without a word
         self._mine = keys.node(node_id, "c")
+        #: the same, as this node knows them (conn -> user, info), for ``restore``
+        self._local: dict[str, tuple[str, dict[str, Any]]] = {}
         self._ttl = LAST_SEEN_TTL
         self._add = client.register_script(ADD)
         self._remove = client.register_script(REMOVE)
@@ -79,14 +81,20 @@ class RedisPresenceStore:
         return self._k.user(user_id, "p")
 
     async def add_connection(self, user_id: str, conn_id: str, info: dict[str, Any]) -> int:
-        await self._r.hset(self._mine, conn_id, user_id)
-        count = int(await self._add(keys=[self._key(user_id)],
-                                    args=[f"c:{conn_id}", orjson.dumps(info)]))
+        self._local[conn_id] = (user_id, info)
+        try:
+            await self._r.hset(self._mine, conn_id, user_id)
+            count = int(await self._add(keys=[self._key(user_id)],
+                                        args=[f"c:{conn_id}", orjson.dumps(info)]))
+        except BaseException:
+            self._local.pop(conn_id, None)  # not connected: restore() takes out what was written
+            raise
         if count == 1:
             await self._r.zadd(self._k.online(), {user_id: time.time()}, nx=True)
         return count
 
     async def remove_connection(self, user_id: str, conn_id: str) -> int:
+        self._local.pop(conn_id, None)
         left, last, dropped = await self._remove(keys=[self._key(user_id)], args=[f"c:{conn_id}"])
         await self._r.hdel(self._mine, conn_id)
         if left == -1:
@@ -98,6 +106,20 @@ class RedisPresenceStore:
         if dropped:
             await self._r.zrem(self._k.online(), user_id)
         return int(left)
+
+    async def restore(self) -> None:
+        """Make Redis hold this node's connections as the node knows them: put back those
+        another node reaped, take out those whose removal failed while Redis was away."""
+        held = {c.decode(): u.decode() for c, u in (await self._r.hgetall(self._mine)).items()}
+        for conn, user in held.items():
+            if conn not in self._local:
+                await self.remove_connection(user, conn)
+                if not await self.connections(user):
+                    await self.mark_offline(user)
+        for conn in [c for c in self._local if c not in held]:
+            known = self._local.get(conn)
+            if known is not None:  # not closed meanwhile
+                await self.add_connection(known[0], conn, known[1])
 
     async def connections(self, user_id: str) -> dict[str, dict[str, Any]]:
         fields = await self._r.hgetall(self._key(user_id))

@@ -52,6 +52,8 @@ class RedisRoomStore:
         self._k = keys
         #: this node's memberships (``room\nuser\nconn``), for when it dies without a word
         self._mine = keys.node(node_id, "m")
+        #: the same, as this node knows them, to put back after a lapse (``restore``)
+        self._local: set[str] = set()
         self._create = client.register_script(CREATE)
         self._add = client.register_script(ADD)
         self._remove = client.register_script(REMOVE)
@@ -104,12 +106,19 @@ class RedisRoomStore:
         return int(await self._r.scard(self._k.rooms()))
 
     async def add_member(self, room: str, user_id: str, conn_id: str) -> int:
-        await self._r.sadd(self._mine, f"{room}\n{user_id}\n{conn_id}")
-        count = await self._add(keys=self._keys(room)[1:], args=[conn_id, user_id])
-        await self._r.sadd(self._k.user(user_id, "r"), room)
+        entry = f"{room}\n{user_id}\n{conn_id}"
+        self._local.add(entry)
+        try:
+            await self._r.sadd(self._mine, entry)
+            count = await self._add(keys=self._keys(room)[1:], args=[conn_id, user_id])
+            await self._r.sadd(self._k.user(user_id, "r"), room)
+        except BaseException:
+            self._local.discard(entry)  # not joined: restore() takes out what was written
+            raise
         return int(count)
 
     async def remove_member(self, room: str, user_id: str, conn_id: str) -> tuple[int, bool]:
+        self._local.discard(f"{room}\n{user_id}\n{conn_id}")
         count, gone, deleted = await self._remove(keys=self._keys(room), args=[conn_id, user_id])
         await self._r.srem(self._mine, f"{room}\n{user_id}\n{conn_id}")
         if gone:
@@ -117,6 +126,23 @@ class RedisRoomStore:
         if deleted:
             await self._r.srem(self._k.rooms(), room)
         return int(count), bool(gone)
+
+    async def restore(self) -> None:
+        """Make Redis hold this node's memberships as the node knows them: put back those
+        another node reaped (a room it emptied and so deleted is created again, as a join
+        creates it), take out those whose removal failed while Redis was away."""
+        held = {e.decode() for e in await self._r.smembers(self._mine)}
+        for entry in held - self._local:
+            room, user, conn = entry.split("\n")
+            if entry not in self._local:  # not joined again meanwhile
+                await self.remove_member(room, user, conn)
+        for entry in self._local - held:
+            if entry not in self._local:  # left meanwhile
+                continue
+            room, user, conn = entry.split("\n")
+            if not await self._r.exists(self._k.room(room, "i")):
+                await self.create(room, persistent=False)
+            await self.add_member(room, user, conn)
 
     async def members(self, room: str) -> list[str]:
         return [u.decode() for u in await self._r.hkeys(self._k.room(room, "u"))]
