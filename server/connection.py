@@ -7,11 +7,16 @@ once (no task switch per recipient: the fan-out's cost); otherwise it appends to
 this connection's writer task drains, awaiting the socket. A connection whose queue passes its
 caps, or whose pending write outlives ``server.write_timeout`` (checked by the hub's sweeper),
 is closed with 4008 and the rest of the server never waits for it.
+
+The kernel's own send buffer is held to ``KERNEL_UNSENT`` bytes not yet sent (TCP_NOTSENT_LOWAT):
+left to autotune, it takes up to ``net.ipv4.tcp_wmem``'s maximum (4 MiB on Linux) from a client
+that does not read, unseen by the queue's caps, before the queue even begins to fill.
 """
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -24,6 +29,21 @@ if TYPE_CHECKING:
     from .identity import User
 
 _TEXT = WSMsgType.TEXT
+#: most bytes written to a connection's socket that the kernel holds unsent (bytes in flight,
+#: bounded by the peer's window, are not counted): the rest waits in this process, counted
+KERNEL_UNSENT = 65536
+_NOTSENT_LOWAT: int | None = getattr(socket, "TCP_NOTSENT_LOWAT", None)  # Linux, macOS
+
+
+def _limit_kernel_unsent(transport: asyncio.BaseTransport) -> None:
+    sock = transport.get_extra_info("socket")
+    if sock is None or _NOTSENT_LOWAT is None or sock.family not in (socket.AF_INET,
+                                                                     socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, KERNEL_UNSENT)
+    except OSError:  # closed already, or a kernel without the option
+        pass
 
 
 class Connection:
@@ -31,7 +51,7 @@ class Connection:
         "id", "user", "ws", "remote", "log", "rooms", "connected_at", "expires_at",
         "last_activity", "write_started", "closing", "close_code", "_queue", "_queued_bytes",
         "_max_bytes", "_max_messages", "_wake", "_writer", "_expiry_timer", "invalid_frames",
-        "state", "request", "_transport", "_high_water",
+        "state", "request", "_socket", "_transport", "_high_water",
     )
 
     def __init__(self, ws: web.WebSocketResponse, user: "User", *, remote: str, log: Any,
@@ -59,7 +79,9 @@ class Connection:
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
-        # set by start() when frames may be written straight to the transport
+        # set by start(): the socket's transport; the same when frames may be written straight
+        # to it
+        self._socket: asyncio.BaseTransport | None = None
         self._transport: asyncio.WriteTransport | None = None
         self._high_water = 0
 
@@ -67,6 +89,9 @@ class Connection:
     def start(self) -> None:
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         transport = self.request.transport if self.request is not None else None
+        if transport is not None:
+            self._socket = transport
+            _limit_kernel_unsent(transport)
         # direct writes need uncompressed frames; with permessage-deflate aiohttp frames them
         if transport is not None and not self.ws.compress:
             self._transport = transport  # type: ignore[assignment]
@@ -90,6 +115,10 @@ class Connection:
         """
         if self.closing:
             return False
+        if self._socket is not None and self._socket.is_closing():
+            # the peer is gone (reset, or the socket failed): the read loop is about to clean
+            # up; writing would only make asyncio warn, queuing would end as a false 4008
+            return False
         transport = self._transport
         if (transport is not None and payload and not self._queue and not self.write_started
                 and not self.ws.closed and transport.get_write_buffer_size() < self._high_water):
@@ -109,6 +138,10 @@ class Connection:
 
     async def _write_loop(self) -> None:
         ws, queue, wake = self.ws, self._queue, self._wake
+        # aiohttp waits for the socket only every 256 KiB written: wait after each frame while
+        # the transport is over its high-water mark, so what this connection holds unsent stays
+        # within the queue's caps plus that mark
+        drain = self.request.writer.drain if self.request is not None else None
         try:
             while True:
                 if not queue:
@@ -122,6 +155,8 @@ class Connection:
                     self.write_started = time.monotonic()
                     if payload:
                         await ws.send_frame(payload, _TEXT)
+                        if drain is not None:
+                            await drain()
                     else:  # the hub's heartbeat marker
                         await ws.ping()
                     self.write_started = 0.0

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import WSMsgType
 
 import server.backends.memory
+from server.keys import NODE
 from tests.conftest import WS, connector, make_token
 
 
@@ -95,6 +96,8 @@ async def test_slow_consumer_is_closed_with_4008_and_nobody_waits(make_server: A
         frame = await sender.recv(timeout=10)
         if frame["type"] == "ack":
             acks += 1
+        elif frame["type"] == "user_left":  # the slow one, closed while the acks come
+            assert frame["data"]["user"]["id"] == "slow", frame
         else:
             assert frame["type"] == "user_joined", frame
     assert await asyncio.wait_for(reading, 20) == total
@@ -152,8 +155,12 @@ async def test_write_stalled_past_write_timeout_closes_with_4008(make_server: An
     content = "y" * 16000
     for i in range(1000):  # 16 MB, more than the loopback socket buffers hold
         await sender.send("message", room="room", data={"content": content})
-    # the behaviour under test: this client does not read for over three write_timeouts
-    await asyncio.sleep(1.0)
+    # the behaviour under test: this client does not read until the server has given up on its
+    # stalled write (write_timeout, on the server's own clock): poll for that, bounded
+    (conn,) = client.server.app[NODE].hub.user_connections("slow")
+    async with asyncio.timeout(10):
+        while conn.close_code is None:
+            await asyncio.sleep(0.05)
     while True:
         msg = await slow.ws.receive(timeout=10)
         if msg.type is not WSMsgType.TEXT:
