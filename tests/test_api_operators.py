@@ -55,16 +55,20 @@ async def test_online_users_and_status(client: TestClient, connect: Connect) -> 
 
 
 async def test_stats_count_this_node(client: TestClient, connect: Connect) -> None:
+    began = time.time()  # the server started before this (the fixture)
     a = await connect("a", query={"rooms": "lobby"})
     await connect("a")
     await connect("b", query={"rooms": "lobby"})
     await a.request("message", room="lobby", data={"content": "hi"})
+    asked = time.time()
     status, stats = await call(client, "GET", "/api/stats")
     assert status == 200
     assert (stats["total_connections"], stats["unique_users"], stats["total_rooms"]) == (3, 2, 1)
     assert stats["rooms"] == {"lobby": 2}
     assert stats["messages_in"] == 1 and stats["messages_out"] >= 5  # 3 connected, ack, copy
-    assert stats["node"] == client.app[NODE].node_id and stats["uptime_seconds"] >= 0
+    assert stats["node"] == client.app[NODE].node_id
+    # up at least since this test began, and for less than the test's own time limit (60 s)
+    assert asked - began - 0.001 <= stats["uptime_seconds"] < 60
 
 
 async def test_send_pushes_any_type_to_each_listed_user(client: TestClient, connect: Connect) -> None:

@@ -42,9 +42,9 @@ async def bench(tmp_path: Path, url: str | None, *args: str) -> tuple[int, dict[
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path)
     stdout, stderr = await asyncio.wait_for(proc.communicate(), TIMEOUT)
-    assert proc.returncode is not None
+    code = await proc.wait()  # it has exited: communicate() read to EOF and reaped it
     report = json.loads(out.read_text()) if out.exists() else None
-    return proc.returncode, report, stdout.decode(), stderr.decode()
+    return code, report, stdout.decode(), stderr.decode()
 
 
 TINY = ("--connections", "4", "--rooms", "2", "--messages", "3", "--message-interval", "20",

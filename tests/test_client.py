@@ -99,8 +99,8 @@ async def run_cli(tmp_path: Path, *args: str, stdin: bytes = b"") -> tuple[int, 
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE, env=cli_env(tmp_path), cwd=tmp_path)
     out, err = await asyncio.wait_for(proc.communicate(stdin), TIMEOUT)
-    assert proc.returncode is not None
-    return proc.returncode, [json.loads(line) for line in out.splitlines()], err.decode()
+    code = await proc.wait()  # it has exited: communicate() read to EOF and reaped it
+    return code, [json.loads(line) for line in out.splitlines()], err.decode()
 
 
 @pytest.fixture

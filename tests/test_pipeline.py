@@ -360,7 +360,8 @@ async def test_plugin_stage_runs_after_the_filter_and_a_failing_one_keeps_the_co
     assert seen["data"] == {"code": "FORBIDDEN", "message": "audit saw '****'"}
     with capture_logs() as logs:
         failed = await bob.request("message", room="r", data={"content": "x", "boom": True})
-    assert failed["data"]["code"] == "INTERNAL_ERROR"
+    assert failed["data"] == {"code": "INTERNAL_ERROR",
+                              "message": "internal error while handling the frame"}
     assert any(e["event"] == "stage_failed" and e["stage"] == "audit" for e in logs)
     assert (await bob.request("message", room="r", data={"content": "ok"}))["type"] == "ack"
     assert (await alice.recv_type("message"))["data"]["content"] == "ok"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import socket
 import time
@@ -325,6 +326,13 @@ async def test_server_max_connections_is_503_server_busy(make_server: MakeServer
     await held[1].close()
     held.append(await open_when_free(lambda: open_ws(session_from("127.0.0.3"), url, "u3"),
                                      refused=503))
+    assert await refusal(session_from("127.0.0.4"), url, token="u4") == (503, "SERVER_BUSY")
+    # each close frees exactly one slot: with both closed, two come in and the third is refused
+    for ws in (held[0], held[2]):
+        await ws.close()
+    for sub in ("u5", "u6"):
+        held.append(await open_when_free(lambda sub=sub: open_ws(client, "/ws", sub), refused=503))
+    assert await refusal(session_from("127.0.0.4"), url, token="u7") == (503, "SERVER_BUSY")
 
 
 # --- connect rate -----------------------------------------------------------------------------
@@ -339,7 +347,13 @@ async def test_connect_rate_per_ip(make_server: MakeServer, session_from: Sessio
         assert resp.status == 429
         assert 1 <= int(resp.headers["Retry-After"]) <= 20  # 3 a minute: one every 20 s
         error = (await resp.json())["error"]
-    assert error["code"] == "TOO_MANY_CONNECTIONS" and error["retry_after"] > 0
+    assert error["code"] == "TOO_MANY_CONNECTIONS" and error["message"]
+    # the body says it to the millisecond (a float, rounded to 3 places); the header in whole
+    # seconds, rounded up
+    retry_after = error["retry_after"]
+    assert isinstance(retry_after, float) and 0 < retry_after <= 20
+    assert round(retry_after, 3) == retry_after
+    assert int(resp.headers["Retry-After"]) == math.ceil(retry_after)
     await open_ws(session_from("127.0.0.2"), url, "u4")  # its own bucket
 
 

@@ -160,12 +160,13 @@ async def _serve(tmp_path: Path, *args: str) -> asyncio.subprocess.Process:
         stderr=asyncio.subprocess.PIPE, env=_env(), cwd=str(tmp_path))
 
 
-@pytest.fixture
-async def workers(tmp_path: Path, redis_url: str) -> AsyncIterator[Workers]:
-    """Two workers on a free port, both listening (``workers_ready``)."""
+async def start_workers(tmp_path: Path, redis_url: str, server_options: str = "") -> Workers:
+    """``serve --workers 2`` on a free port, both listening (``workers_ready``);
+    ``server_options`` are YAML lines added to the config's ``server`` section."""
     for attempt in range(3):  # the free port may be taken before the workers bind it
         port = free_port()
-        (tmp_path / "websocket.yaml").write_text(_config(redis_url, port))
+        config = _config(redis_url, port).replace("server:\n", "server:\n" + server_options, 1)
+        (tmp_path / "websocket.yaml").write_text(config)
         server = Workers(await _serve(tmp_path, "--workers", "2"), port)
         try:
             await server.wait_event("workers_ready")
@@ -174,7 +175,14 @@ async def workers(tmp_path: Path, redis_url: str) -> AsyncIterator[Workers]:
             if server.found("listen_failed") and attempt < 2:
                 continue
             raise
-        break
+        return server
+    raise AssertionError("unreachable")
+
+
+@pytest.fixture
+async def workers(tmp_path: Path, redis_url: str) -> AsyncIterator[Workers]:
+    """Two workers on a free port, both listening (``workers_ready``)."""
+    server = await start_workers(tmp_path, redis_url)
     try:
         yield server
     finally:
@@ -287,8 +295,7 @@ async def _refused(tmp_path: Path, config: str, *args: str) -> tuple[int, str]:
     (tmp_path / "websocket.yaml").write_text(config)
     proc = await _serve(tmp_path, *args)
     _, err = await asyncio.wait_for(proc.communicate(), 20)
-    assert proc.returncode is not None
-    return proc.returncode, err.decode()
+    return await proc.wait(), err.decode()  # it has exited: communicate() reaped it
 
 
 async def test_the_memory_backend_with_workers_is_refused_before_anything_starts(

@@ -32,8 +32,7 @@ import aiohttp
 from tests.conftest import make_token
 from tests.proc import ServerProcess
 from tests.resilience.test_limits import OP_TEXT, Raw, assert_no_crash, serve
-from tests.services import free_port
-from tests.test_workers import Workers, _config, _serve
+from tests.test_workers import start_workers
 
 pytest_plugins = ["tests.services"]
 
@@ -453,19 +452,8 @@ WORKER_LORISES = 40
 async def test_every_worker_closes_slowloris_handshakes(tmp_path: Path, redis_url: str) -> None:
     """``--workers 2``: each worker listens with the same header deadline (SO_REUSEPORT
     spreads the sockets over both)."""
-    for attempt in range(3):  # the free port may be taken before the workers bind it
-        port = free_port()
-        (tmp_path / "websocket.yaml").write_text(_config(redis_url, port).replace(
-            "server:\n", f"server:\n  handshake_timeout: {WORKERS_TIMEOUT}\n", 1))
-        server = Workers(await _serve(tmp_path, "--workers", "2"), port)
-        try:
-            await server.wait_event("workers_ready")
-        except AssertionError:
-            await server.close()
-            if server.found("listen_failed") and attempt < 2:
-                continue
-            raise
-        break
+    server = await start_workers(tmp_path, redis_url, f"  handshake_timeout: {WORKERS_TIMEOUT}\n")
+    port = server.port
     try:
         lorises = await asyncio.gather(*(Loris.open(port, 10.0)
                                          for _ in range(WORKER_LORISES)))

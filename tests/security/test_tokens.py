@@ -32,6 +32,7 @@ from jwt.algorithms import RSAAlgorithm
 from server.auth import MAX_TOKEN_BYTES
 from server.keys import NODE
 from tests.conftest import SECRET, WS, connector, make_token
+from tests.test_auth import user_of
 from tests.proc import start_server
 
 API_KEY = "token-tests-key-0123456789abcdef"
@@ -148,7 +149,7 @@ async def test_hs256_signed_with_the_rs256_public_key_refused(make_server: Any, 
     assert await refused_both(client, forged) == "token not signed with RS256"
     # the server does accept the real thing, so the refusal is about the forgery
     good = jwt.encode(claims(), rsa_key, algorithm="RS256")
-    assert (await connector(client)(token=good)).connected is not None
+    assert user_of(await connector(client)(token=good)) == "u1"
 
 
 async def test_wrong_key_refused(make_server: Any, client: TestClient, rsa_config: dict[str, Any]) -> None:
@@ -168,7 +169,7 @@ async def test_expired_beyond_the_leeway_refused(make_server: Any) -> None:
     client = await make_server({"auth": {"leeway": 10}})
     assert await refused_both(client, hs256(claims(exp=int(time.time()) - 30))) == "token expired"
     # within the leeway it is admitted: the refusal above is the leeway running out
-    assert (await connector(client)(token=hs256(claims(exp=int(time.time()) - 3)))).connected
+    assert user_of(await connector(client)(token=hs256(claims(exp=int(time.time()) - 3)))) == "u1"
 
 
 async def test_nbf_in_the_future_refused(client: TestClient) -> None:
@@ -187,7 +188,7 @@ async def test_wrong_audience_or_issuer_refused(make_server: Any, aud: str | Non
     client = await make_server({"auth": {"audience": "switchboard", "issuer": "https://issuer"}})
     assert await refused_both(client, hs256(claims(aud=aud, iss=iss))) == reason
     good = hs256(claims(aud="switchboard", iss="https://issuer"))
-    assert (await connector(client)(token=good)).connected is not None
+    assert user_of(await connector(client)(token=good)) == "u1"
 
 
 async def test_unknown_crit_extension_refused(client: TestClient) -> None:
@@ -216,7 +217,7 @@ async def test_unknown_kid_refused_with_a_jwks(aiohttp_server: Any, make_server:
     unknown = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "k9"})
     assert await refused_both(client, unknown) == "no RS256 key with kid 'k9' in the JWKS"
     known = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "k1"})
-    assert (await connector(client)(token=known)).connected is not None
+    assert user_of(await connector(client)(token=known)) == "u1"
 
 
 async def test_kid_is_not_used_with_a_key_file(make_server: Any, rsa_config: dict[str, Any],
@@ -226,7 +227,7 @@ async def test_kid_is_not_used_with_a_key_file(make_server: Any, rsa_config: dic
     is refused whatever its ``kid`` (docs/authentication.md)."""
     client = await make_server(rsa_config)
     mine = jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "no-such-kid"})
-    assert (await connector(client)(token=mine)).connected is not None
+    assert user_of(await connector(client)(token=mine)) == "u1"
     other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     theirs = jwt.encode(claims(), other, algorithm="RS256", headers={"kid": "no-such-kid"})
     assert "signature verification failed" in (await refused_both(client, theirs)).lower()
@@ -381,9 +382,10 @@ async def test_a_token_never_reaches_the_logs_or_metrics(tmp_path: Path) -> None
                 metrics = await resp.text()
             # shutdown with the canary's sockets open
             sockets += [by_query, by_header, first, other]
+            # reading while the server drains, as a live client does: each answers the 1001
+            closing = [asyncio.create_task(ws.closed()) for ws in (by_query, by_header, other)]
             assert await server.stop(signal.SIGTERM) == 0
-            for ws in (by_query, by_header):
-                assert await ws.closed() is not None
+            assert await asyncio.gather(*closing) == [1001, 1001, 1001]
     finally:
         for ws in sockets:
             await ws.ws.close()
