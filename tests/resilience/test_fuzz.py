@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,9 +42,9 @@ ADMINS = 5  # fuzz-0 .. fuzz-4 may broadcast and notify
 MAX_SIZE = 65536
 WAIT = 10.0  # seconds one client waits for its sync pong at most
 PROBE_PERIOD = 0.02
-#: p99 of the probe's ping round trip. The issue asks for 100 ms; on a loaded 2-core machine the
-#: fuzz clients share the CPU with the server, so the assert is generous and the figure reported.
-P99_BOUND = 0.5
+#: p99 of the probe's ping round trip: the issue's bar. The probe runs in a process of its own, so
+#: the figure is the server's answer time, not the wait of the fuzz clients' busy event loop
+P99_BOUND = 0.1
 
 CONFIG = f"""\
 server:
@@ -279,9 +280,11 @@ async def _open(session: aiohttp.ClientSession, url: str, user: str,
 
 
 async def fuzz_client(session: aiohttp.ClientSession, url: str, index: int, frames: list[Fuzz],
-                      tally: Tally) -> None:
+                      tally: Tally, connected: asyncio.Barrier, go: asyncio.Event) -> None:
     user, admin = USERS[index], index < ADMINS
     ws = await _open(session, url, user, admin)
+    await connected.wait()
+    await go.wait()
     for n, fuzz in enumerate(frames):
         sync = f"~sync-{index}-{n}"
         wire = fuzz.wire()
@@ -356,22 +359,62 @@ async def fuzz_client(session: aiohttp.ClientSession, url: str, index: int, fram
     await ws.close()
 
 
-async def probe(session: aiohttp.ClientSession, url: str, stop: asyncio.Event,
-                rtts: list[float]) -> None:
-    ws = await session.ws_connect(f"{url}/ws", params={"token": make_token("probe")})
-    n = 0
-    while not stop.is_set():
-        n += 1
-        started = time.perf_counter()
-        await ws.send_str(json.dumps({"type": "ping", "id": f"p{n}"}))
-        while True:
-            msg = await ws.receive(timeout=WAIT)
-            assert msg.type is aiohttp.WSMsgType.TEXT, msg
-            if json.loads(msg.data).get("reply_to") == f"p{n}":
-                break
-        rtts.append(time.perf_counter() - started)
-        await asyncio.sleep(PROBE_PERIOD)
-    await ws.close()
+#: the probe: its own process and event loop; pings every PROBE_PERIOD until its stdin closes,
+#: then prints the round trips (seconds) as JSON
+PROBE = """
+import asyncio, json, sys, time
+import aiohttp
+
+async def main(url, period):
+    loop = asyncio.get_running_loop()
+    done = loop.run_in_executor(None, sys.stdin.read)  # EOF: stop
+    rtts = []
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(url)
+        assert json.loads((await ws.receive(10)).data)["type"] == "connected"
+        print("ready", flush=True)
+        n = 0
+        while not done.done():
+            n += 1
+            started = time.perf_counter()
+            await ws.send_str(json.dumps({"type": "ping", "id": f"p{n}"}))
+            while json.loads((await ws.receive(10)).data).get("reply_to") != f"p{n}":
+                pass
+            rtts.append(time.perf_counter() - started)
+            await asyncio.sleep(period)
+        await ws.close()
+    print(json.dumps(rtts), flush=True)
+
+asyncio.run(main(sys.argv[1], float(sys.argv[2])))
+"""
+
+
+class Probe:
+    """A client in a process of its own pinging the server throughout the fuzzing."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+
+    @classmethod
+    async def start(cls, url: str) -> "Probe":
+        ws_url = f"{url.replace('http', 'ws', 1)}/ws?token={make_token('probe')}"
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", PROBE, ws_url, str(PROBE_PERIOD), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        ready = await asyncio.wait_for(proc.stdout.readline(), WAIT)
+        assert ready == b"ready\n", ready
+        return cls(proc)
+
+    async def stop(self) -> list[float]:
+        out, _ = await asyncio.wait_for(self.proc.communicate(b""), WAIT)
+        assert self.proc.returncode == 0, out
+        rtts: list[float] = json.loads(out)
+        return rtts
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
 
 
 def _p(values: list[float], q: float) -> float:
@@ -399,19 +442,26 @@ async def test_fuzzed_frames_from_50_clients_are_all_answered(tmp_path: Path) ->
     frames = generate(CLIENTS * FRAMES_PER_CLIENT)
     assert len(frames) == CLIENTS * FRAMES_PER_CLIENT
     server = await start_server(tmp_path, CONFIG)
-    tally, rtts, stop = Tally(), [], asyncio.Event()
+    tally = Tally()
     started = time.perf_counter()
+    probe: Probe | None = None
     try:
         async with aiohttp.ClientSession() as session:
-            prober = asyncio.create_task(probe(session, server.url, stop, rtts))
-            await asyncio.sleep(0.2)
-            await asyncio.gather(*(fuzz_client(session, server.url, i, frames[i::CLIENTS], tally)
-                                   for i in range(CLIENTS)))
-            stop.set()
-            await prober
+            # the 50 clients connect first; the probe measures the fuzzing itself
+            connected, go = asyncio.Barrier(CLIENTS + 1), asyncio.Event()
+            clients = asyncio.gather(*(fuzz_client(session, server.url, i, frames[i::CLIENTS],
+                                                   tally, connected, go)
+                                       for i in range(CLIENTS)))
+            await asyncio.wait_for(connected.wait(), WAIT)
+            probe = await Probe.start(server.url)
+            go.set()
+            await clients
+        rtts = await probe.stop()
         elapsed = time.perf_counter() - started
         assert await server.stop() == 0
     finally:
+        if probe is not None:
+            probe.kill()
         await server.kill()
     p50, p99 = _p(rtts, 0.5), _p(rtts, 0.99)
     print(f"\nfuzz: {tally.sent} frames in {elapsed:.1f}s ({tally.kinds}); "
