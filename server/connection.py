@@ -3,8 +3,9 @@
 Only the handler task in ``ws.py`` reads from the socket; everything else sends by calling
 :meth:`Connection.send`, which never waits. When nothing is queued and the socket's transport
 buffer is under its high-water mark, ``send`` writes the finished frame to the transport at
-once (no task switch per recipient: the fan-out's cost); otherwise it appends to the queue that
-this connection's writer task drains, awaiting the socket. A connection whose queue passes its
+once (no task switch per recipient: the fan-out's cost); otherwise it appends to the queue, which
+a writer task drains, awaiting the socket (started when a frame is queued, ended when the queue
+is empty: an idle connection holds no task of its own). A connection whose queue passes its
 caps, or whose pending write outlives ``server.write_timeout`` (checked by the hub's sweeper),
 is closed with 4008 and the rest of the server never waits for it.
 
@@ -50,7 +51,7 @@ class Connection:
     __slots__ = (
         "id", "user", "ws", "remote", "log", "rooms", "connected_at", "expires_at",
         "last_activity", "write_started", "closing", "close_code", "_queue", "_queued_bytes",
-        "_max_bytes", "_max_messages", "_wake", "_writer", "_expiry_timer", "invalid_frames",
+        "_max_bytes", "_max_messages", "_writer", "_expiry_timer", "invalid_frames",
         "state", "request", "_socket", "_transport", "_high_water",
     )
 
@@ -76,7 +77,6 @@ class Connection:
         self._queued_bytes = 0
         self._max_bytes = max_bytes
         self._max_messages = max_messages
-        self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._expiry_timer: asyncio.TimerHandle | None = None
         # set by start(): the socket's transport; the same when frames may be written straight
@@ -87,7 +87,6 @@ class Connection:
 
     # --- outbound -------------------------------------------------------------------------
     def start(self) -> None:
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         transport = self.request.transport if self.request is not None else None
         if transport is not None:
             self._socket = transport
@@ -132,34 +131,30 @@ class Connection:
             return False
         self._queue.append(payload)
         self._queued_bytes += size
-        if not self._wake.is_set():
-            self._wake.set()
+        writer = self._writer
+        if writer is None or writer.done():  # an idle connection has no writer task
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         return True
 
     async def _write_loop(self) -> None:
-        ws, queue, wake = self.ws, self._queue, self._wake
+        """Write the queue out, then end: ``send`` starts it again for the next queued frame."""
+        ws, queue = self.ws, self._queue
         # aiohttp waits for the socket only every 256 KiB written: wait after each frame while
         # the transport is over its high-water mark, so what this connection holds unsent stays
         # within the queue's caps plus that mark
         drain = self.request.writer.drain if self.request is not None else None
         try:
-            while True:
-                if not queue:
-                    wake.clear()
-                    await wake.wait()
-                    if self.closing:
-                        return
-                while queue:
-                    payload = queue.popleft()
-                    self._queued_bytes -= len(payload)
-                    self.write_started = time.monotonic()
-                    if payload:
-                        await ws.send_frame(payload, _TEXT)
-                        if drain is not None:
-                            await drain()
-                    else:  # the hub's heartbeat marker
-                        await ws.ping()
-                    self.write_started = 0.0
+            while queue:
+                payload = queue.popleft()
+                self._queued_bytes -= len(payload)
+                self.write_started = time.monotonic()
+                if payload:
+                    await ws.send_frame(payload, _TEXT)
+                    if drain is not None:
+                        await drain()
+                else:  # the hub's heartbeat marker
+                    await ws.ping()
+                self.write_started = 0.0
         except (ConnectionError, RuntimeError):
             # the peer went away; the read loop sees it too and cleans up
             return
@@ -176,7 +171,6 @@ class Connection:
         self.close_code = code
         self._queue.clear()
         self._queued_bytes = 0
-        self._wake.set()
         self.cancel_expiry()
         self.log.info("connection_closing", code=int(code), reason=reason)
         asyncio.get_running_loop().create_task(self._close(code, reason))
@@ -198,7 +192,6 @@ class Connection:
         """Called by the handler once the read loop ended: stop the writer."""
         self.closing = True
         self.cancel_expiry()
-        self._wake.set()
         writer = self._writer
         if writer is not None and not writer.done():
             writer.cancel()
