@@ -24,6 +24,14 @@ from aiohttp import WSMsgType, web
 
 from ..protocol import encode, frame
 
+def loop_factory(name: str) -> Any:
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    return None
+
+
 ROOMS: web.AppKey[dict[str, dict[int, web.WebSocketResponse]]] = web.AppKey("rooms", dict)
 
 
@@ -103,8 +111,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m server.tools.bench_baseline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
-    asyncio.run(serve(args.host, args.port))
+    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+        runner.run(serve(args.host, args.port))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 
 from .bench_model import Params
+from .bench_suite_names import SCENARIOS
 from .options import Minter, token_options
 
 
@@ -55,6 +56,21 @@ def add_parser(sub: Any, default_config: str) -> argparse.ArgumentParser:
                        "process listening on the URL's port, when it is on this machine)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': stdout)")
     bench.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    suite = bench.add_argument_group(
+        "suite", "--suite runs every scenario of docs/benchmarks.md against servers it starts "
+                 "itself (Switchboard and the raw aiohttp reference, alternating) and exits 1 "
+                 "when a target falls short; --url and the test options above do not apply")
+    suite.add_argument("--suite", action="store_true", help="run the benchmark suite")
+    suite.add_argument("--rounds", type=int, default=3, help="rounds of every scenario (default 3)")
+    suite.add_argument("--only", action="append", metavar="NAME[,NAME]",
+                       help="only these scenarios (repeatable): " + ", ".join(SCENARIOS))
+    suite.add_argument("--quick", action="store_true",
+                       help="tiny sizes: shows that every scenario works, measures nothing")
+    suite.add_argument("--no-pin", action="store_true",
+                       help="do not pin the servers and the generator to separate cores")
+    suite.add_argument("--event-loop", choices=("asyncio", "uvloop"),
+                       help="the servers' event loop (default: Switchboard's server.event_loop "
+                            "default; the reference runs on the same loop)")
     token_options(bench, default_config)
     return bench
 
@@ -103,7 +119,38 @@ async def _main(args: argparse.Namespace, params: Params, mint: Minter) -> int:
     return int(report["exit_status"])
 
 
+def _suite(args: argparse.Namespace) -> int:
+    from .bench_suite import Suite
+    from .bench_suite_report import render, report
+
+    only = [n.strip() for part in args.only or () for n in part.split(",") if n.strip()]
+    unknown = sorted(set(only) - set(SCENARIOS))
+    if unknown or args.rounds < 1:
+        print(f"switchboard bench: unknown scenario {', '.join(unknown)} (known: {', '.join(SCENARIOS)})"
+              if unknown else f"switchboard bench: --rounds must be at least 1, got {args.rounds}",
+              file=sys.stderr)
+        return 2
+
+    def log(line: str) -> None:
+        if not args.no_progress:
+            print(line, file=sys.stderr, flush=True)
+
+    suite = Suite(rounds=args.rounds, quick=args.quick, only=only or None, pin=not args.no_pin,
+                  event_loop=args.event_loop, log=log)
+    outcomes = asyncio.run(suite.run())
+    rep = report(outcomes, rounds=args.rounds, quick=args.quick,
+                 pinned=suite.server_cores is not None, event_loop=args.event_loop)
+    render(rep, json_path=args.json)
+    return int(rep["exit_status"])
+
+
 def run(args: argparse.Namespace, url: str, mint: Minter) -> int:
+    if args.suite:
+        _raise_fd_limit()
+        try:
+            return _suite(args)
+        except KeyboardInterrupt:
+            return 130
     try:
         params = Params.from_args(args, url)
     except ValueError as exc:
