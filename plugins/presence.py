@@ -3,8 +3,9 @@
 or their last one closes.
 
 Who hears about a user: the users who share a room with them, counting only rooms whose
-``presence`` option is on (``rooms.namespaces.<ns>.presence: false`` leaves a namespace out),
-one frame per user however many rooms they share. Going offline waits
+``presence`` option is on (``rooms.namespaces.<ns>.presence: false`` leaves a namespace out)
+and that have at most ``rooms.announce_max_members`` members (a big room's members ask with
+``presence.query``), one frame per user however many rooms they share. Going offline waits
 ``presence.grace_period`` (one timer per user, cancelled by a reconnect), so a page reload
 announces nothing. State lives in the backend's PresenceStore; this node holds only the timers.
 docs/protocol.md ("Presence") is the client's view.
@@ -196,12 +197,19 @@ class PresencePlugin(Plugin[PresenceConfig]):
         self.log.info("user_status", user_id=user.id, status=status, told=len(mates))
 
     async def _room_mates(self, user_id: str, rooms: Iterable[str]) -> set[str]:
-        """The users sharing one of ``rooms`` with ``user_id``, in rooms with presence on."""
+        """The users sharing one of ``rooms`` with ``user_id``, in rooms with presence on and
+        small enough to be told (``rooms.announce_max_members``, counting ``user_id`` whether
+        still in the room or not). A bigger room costs one member count, never a listing."""
         node = self.node
         mates: set[str] = set()
         for room in rooms:
-            if node.room_options(room).presence:
-                mates.update(await node.room_members(room))
+            opts = node.room_options(room)
+            if not opts.presence or not opts.announces(await node.room_member_count(room)):
+                continue
+            members = set(await node.room_members(room))  # at most announce_max_members
+            members.add(user_id)
+            if opts.announces(len(members)):
+                mates |= members
         mates.discard(user_id)
         return mates
 

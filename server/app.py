@@ -20,7 +20,7 @@ from .protocol.core_types import CORE_TYPES
 from .registry import Registry
 from .reload import RELOADER, Reloader
 from .node import Node
-from .ws import websocket_handler
+from .ws import settle_writer_layout, websocket_handler
 
 log = structlog.get_logger(__name__)
 
@@ -46,6 +46,7 @@ def create_app(config: Config, *, config_path: str | None = None,
     app[RELOADER] = Reloader(node, guard, app[PIPELINE], registry, overrides)
     node.control_ops["reload"] = app[RELOADER].on_control
     app[HTTP_SESSIONS] = HttpSessions()
+    settle_writer_layout()
     app.router.add_get(config.server.ws_path, websocket_handler)
     app.router.add_routes(api.routes)
     pages.setup(app)

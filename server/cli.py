@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from . import event_loop
 from .errors import AuthError, ConfigError, PluginError
 from .tools import bench_cli, client_cli
 from .tools.options import Minter, split_roles
@@ -97,7 +98,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"switchboard: cannot start: {exc}", file=sys.stderr)
         return 2
     link = workers.ParentLink(args.worker_fd) if args.worker_fd is not None else None
-    return asyncio.run(_run(app, loaded.config, log, worker=args.worker is not None, link=link))
+    # uvloop when installed (server.event_loop: auto); the config check refused a missing one
+    with event_loop.runner(loaded.config.server.event_loop) as runner:
+        return runner.run(_run(app, loaded.config, log, worker=args.worker is not None,
+                               link=link))
 
 
 async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
@@ -129,16 +133,12 @@ async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
         return 2
     try:  # each connection must complete its request headers within server.handshake_timeout
         listener = await handshake.listen(runner, srv.host, srv.port, reuse_port=worker,
-                                          timeout=srv.handshake_timeout)
+                                          timeout=srv.handshake_timeout, backlog=srv.backlog)
     except OSError as exc:
         log.error("listen_failed", host=srv.host, port=srv.port, error=str(exc))
         await runner.cleanup()
         return 1
-    for address in (sock.getsockname() for sock in listener.sockets):
-        host, port = address[0], address[1]
-        shown = f"[{host}]" if ":" in host else host
-        log.info("server_listening", url=f"ws://{shown}:{port}{srv.ws_path}", host=host, port=port,
-                 node=app[NODE].node_id)
+    # the handlers before the server_listening line: a SIGTERM sent on seeing it drains
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -146,6 +146,11 @@ async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
     from .reload import RELOADER
 
     loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload_soon)  # re-read websocket.yaml
+    for address in (sock.getsockname() for sock in listener.sockets):
+        host, port = address[0], address[1]
+        shown = f"[{host}]" if ":" in host else host
+        log.info("server_listening", url=f"ws://{shown}:{port}{srv.ws_path}", host=host, port=port,
+                 node=app[NODE].node_id, event_loop=event_loop.name(loop))
     if link is not None:
         link.ready(stop.set)  # and stop when the parent is gone
     await stop.wait()

@@ -1,7 +1,8 @@
 """This node's connections: by id, by user and by room. Fan-out only enqueues.
 
 One sweeper task per node (not a timer per connection) sends heartbeats, closes connections
-whose peer stopped answering (4010) or whose pending write outlived ``write_timeout`` (4008).
+whose peer stopped answering (4010) or whose pending write outlived ``write_timeout`` (4008),
+and those whose token expired (4001) within a tick of it.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ from .connection import Connection
 from .protocol import CloseCode, text_frame
 
 log = structlog.get_logger(__name__)
-
-PING = b""  # queued marker: the writer sends a WebSocket ping instead of a text frame
 
 
 class Hub:
@@ -121,6 +120,17 @@ class Hub:
             closed += 1
         return closed
 
+    def expire(self, wall: float) -> int:
+        """Close the connections whose token expired by ``wall`` (Unix seconds) with 4001;
+        returns how many."""
+        closed = 0
+        for conn in tuple(self.connections.values()):
+            due = conn.expiry_due
+            if due is not None and due <= wall and not conn.closing:
+                conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
+                closed += 1
+        return closed
+
     async def _sweep(self) -> None:
         cfg = self.server
         tick = max(0.02, min(1.0, cfg.ping_period / 2, cfg.write_timeout / 2))
@@ -129,8 +139,9 @@ class Hub:
             await asyncio.sleep(tick)
             now = time.monotonic()
             self.reap(now)
+            self.expire(time.time())
             if now - last_ping >= cfg.ping_period:
                 last_ping = now
                 for conn in tuple(self.connections.values()):
                     if not conn.closing:
-                        conn.send(PING, droppable=True)
+                        conn.ping()

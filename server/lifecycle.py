@@ -4,18 +4,24 @@ cluster's presence, joined to the default rooms and those of ``?rooms=``, greete
 reverse: out of the hub, the socket closed, out of its rooms and the presence, the plugins'
 ``on_disconnect``, counted closed.
 
-``ws.py`` runs its read loop inside :func:`connected`::
+``ws.py`` runs its read loop between :func:`open_connection` and :func:`close_connection`::
 
-    async with connected(node, registry, conn, claims, rooms="a,b", reply_to=None):
+    try:
+        await open_connection(node, registry, conn, claims, rooms="a,b", reply_to=None)
         ...  # read frames until the socket closes
+    finally:
+        await close_connection(node, registry, conn)
+
+Two calls, not an async context manager: a connection's handler is suspended in its read loop
+for all its life, and a context manager's generator and wrapper would stay with it (~0.6 KiB
+per connection) for nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable
+from typing import Any, Awaitable
 
 from .connection import Connection
 from .errors import MessageRejected
@@ -25,26 +31,22 @@ from .protocol import CloseCode, error_frame
 from .registry import Registry
 
 
-@asynccontextmanager
-async def connected(node: Node, registry: Registry, conn: Connection, claims: dict[str, Any], *,
-                    rooms: str, reply_to: str | None) -> AsyncIterator[None]:
-    """The connection open for the body of the ``async with``, whatever the body raises.
-    ``rooms`` is the ``?rooms=`` query (comma-separated); ``reply_to`` the id of the auth frame
-    the ``connected`` frame answers, if one did."""
+async def open_connection(node: Node, registry: Registry, conn: Connection,
+                          claims: dict[str, Any], *, rooms: str, reply_to: str | None) -> None:
+    """Open the connection; call :func:`close_connection` once it ends, in a ``finally``
+    around this call too, whatever either raises. ``rooms`` is the ``?rooms=`` query
+    (comma-separated); ``reply_to`` the id of the auth frame the ``connected`` frame answers,
+    if one did."""
     node.metrics.connection_opened()
     conn.start()
     try:
-        try:
-            await node.attach(conn)
-            if node.hub.draining:  # admitted just before the drain began: close_all() missed it
-                conn.close(CloseCode.GOING_AWAY, "server shutting down")
-            await _open(node, registry, conn, claims, rooms, reply_to)
-        except node.backend.unavailable as exc:  # Redis is away: come back in a while
-            node.backend_down(exc)
-            conn.close(CloseCode.TRY_AGAIN_LATER, "backend unavailable")
-        yield
-    finally:
-        await _close(node, registry, conn)
+        await node.attach(conn)
+        if node.hub.draining:  # admitted just before the drain began: close_all() missed it
+            conn.close(CloseCode.GOING_AWAY, "server shutting down")
+        await _open(node, registry, conn, claims, rooms, reply_to)
+    except node.backend.unavailable as exc:  # Redis is away: come back in a while
+        node.backend_down(exc)
+        conn.close(CloseCode.TRY_AGAIN_LATER, "backend unavailable")
 
 
 async def _quietly(node: Node, work: Awaitable[Any]) -> None:
@@ -95,7 +97,8 @@ async def _open(node: Node, registry: Registry, conn: Connection, claims: dict[s
             conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_connect")
 
 
-async def _close(node: Node, registry: Registry, conn: Connection) -> None:
+async def close_connection(node: Node, registry: Registry, conn: Connection) -> None:
+    """Everything :func:`open_connection` did, undone."""
     ws = conn.ws
     await _quietly(node, node.detach(conn))
     await conn.finish()

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from typing import Any, MutableMapping, TextIO
 
+import orjson
 import structlog
 from aiohttp import http_exceptions
 
@@ -40,6 +42,10 @@ _level = logging.INFO
 
 def scrub(text: str) -> str:
     """``text`` with tokens masked."""
+    if "eyJ" not in text:  # no JWT: the pattern runs only on text that names a token
+        folded = text.lower()
+        if "token=" not in folded and "bearer" not in folded:
+            return text
     return _SECRET_TEXT.sub(lambda m: (m.group("prefix") or "") + REDACTED, text)
 
 
@@ -66,6 +72,36 @@ def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
+def _json(event: Any, **_: Any) -> str:
+    """JSON lines by orjson (a tenth of the standard library's cost); what it cannot encode is
+    written as its ``repr``, as structlog's own renderer does."""
+    return orjson.dumps(event, default=repr, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+_second = -1
+_second_text = ""
+
+
+def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """``timestamp``: UTC, RFC 3339 with microseconds, as structlog's ``TimeStamper(fmt="iso")``
+    writes it; the date and time are formatted once a second."""
+    global _second, _second_text
+    now = time.time()
+    second = int(now)
+    if second != _second:
+        _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    event["timestamp"] = f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"
+    return event
+
+
+class _SharedLogger:
+    def __init__(self, logger: Any) -> None:
+        self.logger = logger
+
+    def __call__(self, *_: Any) -> Any:
+        return self.logger
+
+
 class _ClientErrorsAsWarnings(logging.Filter):
     """aiohttp logs a malformed HTTP request at error level; it is the client's mistake."""
 
@@ -85,7 +121,7 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=True) if fmt == "console"
-                     else structlog.processors.JSONRenderer())
+                     else structlog.processors.JSONRenderer(serializer=_json))
     # exceptions become text here, before the scrub; the console renderer then prints that text
     # instead of a rich traceback with local variables (where a token would show)
     finish = [structlog.processors.format_exc_info, _redact, renderer]
@@ -94,11 +130,13 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
             _below_level,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _timestamp,
             *finish,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        # one writer for every logger (a bound logger per connection would otherwise make its
+        # own on first use, and look up the stream's lock again)
+        logger_factory=_SharedLogger(structlog.PrintLogger(stream)),
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(stream)

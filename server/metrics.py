@@ -31,6 +31,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import __version__
+from .event_loop import running
 from .protocol import CloseCode, ErrorCode
 
 if TYPE_CHECKING:
@@ -199,8 +200,8 @@ class _Collector(Collector):
         m, hub = self.metrics, self.hub
         conns = tuple(hub.connections.values())
         info = GaugeMetricFamily("switchboard_info", "This node (always 1)",
-                                 labels=["node", "version"])
-        info.add_metric([self.node_id, __version__], 1)
+                                 labels=["node", "version", "event_loop"])
+        info.add_metric([self.node_id, __version__, running() or "none"], 1)
         yield info
         yield GaugeMetricFamily("switchboard_uptime_seconds", "Seconds since the server started",
                                 value=time.time() - m.started)

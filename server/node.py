@@ -319,20 +319,23 @@ class Node:
         count = await rooms.add_member(room, conn.user.id, conn.id)
         self.hub.subscribe(room, _socket(conn))
         await self._want("room", room)
-        if room not in mine and opts.join_leave_events:
+        # a room past rooms.announce_max_members is not told (an O(members) fan-out per join)
+        if room not in mine and opts.join_leave_events and opts.announces(count):
             await self.send_to_room(room, "user_joined", {"room": room, "user": conn.user.public(),
                                                           "members_count": count}, exclude=conn.id)
         return count
 
     async def leave(self, conn: ConnectionView, room: str, *, closing: bool = False) -> int:
         """Leave ``room``; ``user_left`` goes to the others when the user's last connection in
-        the room left."""
+        the room left, unless the room, with that user, had more than
+        ``rooms.announce_max_members``."""
         if not closing and room not in conn.rooms:
             raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"you are not in room {room!r}")
         self.hub.unsubscribe(room, _socket(conn))
         await self._release("room", room)
         count, gone = await self.backend.rooms.remove_member(room, conn.user.id, conn.id)
-        if gone and self.room_options(room).join_leave_events:
+        opts = self.room_options(room)
+        if gone and opts.join_leave_events and opts.announces(count + 1):
             await self.send_to_room(room, "user_left", {"room": room, "user": conn.user.public(),
                                                         "members_count": count}, exclude=conn.id)
         return count
@@ -377,6 +380,9 @@ class Node:
 
     async def room_members(self, room: str) -> list[str]:
         return await self.backend.rooms.members(room)
+
+    async def room_member_count(self, room: str) -> int:
+        return await self.backend.rooms.member_count(room)
 
     async def user_rooms(self, user_id: str) -> set[str]:
         return await self.backend.rooms.user_rooms(user_id)

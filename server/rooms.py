@@ -22,6 +22,17 @@ class RoomOptions:
     client_publish: bool
     max_members: int
     allowed_roles: tuple[str, ...]
+    #: a room with more members than this is too large for its membership changes to be told
+    #: one by one (``user_joined``/``user_left``, the presence plugin's ``user_status`` and
+    #: ``presence``); 0 = no limit
+    announce_max_members: int = 0
+
+    def announces(self, members: int) -> bool:
+        """Whether a membership change is told to the others in a room of ``members`` members
+        (counting the user who joins, leaves, comes, goes or sets a status):
+        ``announce_max_members`` or fewer, or that limit is 0."""
+        limit = self.announce_max_members
+        return not limit or members <= limit
 
 
 def check_name(field: str, value: str) -> None:

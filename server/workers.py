@@ -16,9 +16,11 @@ worker makes its own (host name and a random suffix), as one process does.
 
 Why subprocesses of ``python -m server serve`` rather than ``multiprocessing`` with "spawn":
 a worker is then exactly the single-process server (same code path, same config loading,
-same signal handling and SIGHUP reload, its log lines on the same stderr), nothing has to be
-pickled across (the config, the app), and there is no multiprocessing machinery (resource
-tracker, the re-import of ``__main__`` under a console-script entry point) to reason about.
+same signal handling and SIGHUP reload, same event loop: ``server.event_loop``, its log lines
+on the same stderr), nothing has to be pickled across (the config, the app), and there is no
+multiprocessing machinery (resource tracker, the re-import of ``__main__`` under a
+console-script entry point) to reason about. The parent, which serves nothing, runs on
+asyncio's own loop.
 Forking the parent is no option either way: it would copy an event loop and live sockets.
 
 Parent and worker share a socketpair (the worker's end is ``--worker-fd``): the worker writes

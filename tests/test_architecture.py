@@ -19,7 +19,7 @@ MAX_LINES = 450
 LAYERS: dict[int, tuple[str, ...]] = {
     1: ("server", "server.errors", "server.identity", "server.buckets", "server.addresses",
         "server.rooms", "server.protocol", "server.protocol.*", "server.backends.base",
-        "server.config.base", "server.versions"),
+        "server.config.base", "server.versions", "server.event_loop"),
     2: ("server.config", "server.config.*", "server.backends", "server.backends.*", "server.log"),
     3: ("server.connection", "server.hub", "server.auth", "server.metrics"),
     4: ("server.plugin_api",),
@@ -199,3 +199,23 @@ def test_only_the_redis_backend_imports_redis() -> None:
                               and not getattr(node, "level", 0)
                               for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))))
     assert importers and all(n.startswith("server.backends.redis") for n in importers), importers
+
+
+def _importers(package: str, known: dict[str, Path]) -> list[str]:
+    """The modules of ``known`` with an absolute import of ``package`` (or one of its modules)."""
+    def imports(node: ast.AST) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            return [node.module or ""]
+        return []
+    return sorted(name for name, path in known.items()
+                  if any(n == package or n.startswith(package + ".")
+                         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+                         for n in imports(node)))
+
+
+def test_only_the_event_loop_module_imports_uvloop() -> None:
+    """uvloop is optional (the ``speed`` extra): one module decides whether the server (and the
+    bench's raw aiohttp reference, measured on the same loop) runs on it."""
+    assert _importers("uvloop", PROJECT) == ["server.event_loop"]

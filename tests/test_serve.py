@@ -58,3 +58,18 @@ def test_python_dash_m_server_is_the_switchboard_command() -> None:
     assert out.returncode == 0
     for command in ("serve", "check-config", "token"):
         assert command in out.stdout
+
+
+@pytest.mark.parametrize("backlog", [None, 300])
+async def test_the_listen_backlog_is_the_configured_one(tmp_path: Path, backlog: int | None) -> None:
+    """A connect storm must queue in the kernel rather than have SYNs dropped: the listening
+    socket's backlog (``ss``'s Send-Q) is server.backlog, 2048 unless set (capped by
+    net.core.somaxconn)."""
+    server = await start_server(tmp_path, f"server:\n  backlog: {backlog}\n" if backlog else "")
+    try:
+        out = subprocess.run(["ss", "-Hltn", f"sport = :{server.port}"], capture_output=True,
+                             text=True, check=True).stdout.split()
+        cap = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert int(out[2]) == min(backlog or 2048, cap), out
+    finally:
+        await server.stop()

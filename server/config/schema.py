@@ -19,6 +19,9 @@ from pydantic import BaseModel, Field, PrivateAttr, ValidationInfo, field_valida
 from pydantic.types import NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt
 
 from ..addresses import Origin
+from ..event_loop import NOT_INSTALLED as UVLOOP_MISSING
+from ..event_loop import Setting as EventLoop
+from ..event_loop import uvloop_available
 from ..rooms import RoomOptions
 from .base import FieldError, KeyPath, Section, describe
 
@@ -52,12 +55,17 @@ class ServerConfig(Section):
     handshake_timeout: PositiveFloat = 10.0
     # seconds an idle keep-alive HTTP connection is kept between two requests
     keepalive_timeout: PositiveFloat = 75.0
+    # connections the kernel holds accepted but not yet taken by the server (listen backlog)
+    backlog: PositiveInt = 2048
     trusted_proxies: list[str] = []
     node_id: str = ""
     # "production" refuses settings only safe on a developer's machine (_environment_errors)
     environment: Literal["development", "production"] = "development"
     # GET /conformance/echo: an unauthenticated echo WebSocket for the Autobahn suite (tests only)
     conformance_echo: bool = False
+    # what `serve` runs on: auto = uvloop when installed (the speed extra), else asyncio;
+    # asyncio by default until uvloop passes the churn test as steadily (docs/benchmarks.md)
+    event_loop: EventLoop = "asyncio"
 
     @field_validator("ws_path")
     @classmethod
@@ -70,6 +78,13 @@ class ServerConfig(Section):
     @classmethod
     def _proxies(cls, v: list[str]) -> list[str]:
         return _check_cidrs(v)
+
+    @field_validator("event_loop")
+    @classmethod
+    def _loop_installed(cls, v: str) -> str:
+        if v == "uvloop" and not uvloop_available():
+            raise ValueError(UVLOOP_MISSING)
+        return v
 
     @model_validator(mode="after")
     def _pong_after_ping(self) -> "ServerConfig":
@@ -167,6 +182,7 @@ class NamespaceConfig(Section):
     client_publish: bool | None = None
     max_members: NonNegativeInt | None = None
     allowed_roles: list[str] | None = None
+    announce_max_members: NonNegativeInt | None = None
 
 
 class RoomsConfig(Section):
@@ -181,6 +197,9 @@ class RoomsConfig(Section):
     join_leave_events: bool = True
     client_publish: bool = True
     allowed_roles: list[str] = []
+    # a room with more members than this is not told of each join, leave, arrival and
+    # departure (user_joined/user_left, user_status, presence); 0 = no limit
+    announce_max_members: NonNegativeInt = 100
     namespaces: dict[str, NamespaceConfig] = {}
 
     def options(self, room: str) -> "RoomOptions":
@@ -197,6 +216,7 @@ class RoomsConfig(Section):
             client_publish=pick("client_publish"),
             max_members=pick("max_members"),
             allowed_roles=tuple(pick("allowed_roles")),
+            announce_max_members=pick("announce_max_members"),
         )
 
 

@@ -19,7 +19,7 @@ then a no-op.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, cast
 
 import structlog
 from aiohttp import web
@@ -41,8 +41,8 @@ class HeaderDeadline(asyncio.Protocol):
         self._busy = False  # between a request's complete headers and its handler's end
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport, though on uvloop not a subclass of asyncio's: no isinstance check
+        self._transport = cast(asyncio.Transport, transport)
         self._start()
         self._inner.connection_made(transport)
 

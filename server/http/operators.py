@@ -5,6 +5,7 @@ config (``POST /api/config/reload``)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -13,6 +14,8 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..config import FieldError
+from ..event_loop import Name as LoopName
+from ..event_loop import name as loop_name
 from ..errors import ConfigError
 from ..keys import NODE, REGISTRY
 from ..protocol import CloseCode
@@ -36,6 +39,8 @@ class Stats(BaseModel):
     messages_out: int
     rooms: dict[str, int] = Field(description="members of each room")
     node: str
+    event_loop: LoopName = Field(description="the event loop this node runs on "
+                                 "(server.event_loop)")
 
 
 @routes.get("/api/stats", summary="Counters of this node and the rooms", access="admin",
@@ -48,7 +53,8 @@ async def stats(request: web.Request) -> Stats:
                  online_count=await node.backend.presence.online_count(),
                  uptime_seconds=round(time.time() - counts.started, 3), total_rooms=len(rooms),
                  messages_in=counts.messages_in, messages_out=counts.messages_out,
-                 rooms={r.id: r.members for r in rooms}, node=node.node_id)
+                 rooms={r.id: r.members for r in rooms}, node=node.node_id,
+                 event_loop=loop_name(asyncio.get_running_loop()))
 
 
 # --- pushing ---------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ class MaskGuard(asyncio.Protocol):
     the 101 by then."""
 
     _CLOSE = b"\x88\x10\x03\xeaunmasked frame"  # close 1002, 14-byte reason
+    __slots__ = ("_transport", "_inner", "_head", "_skip", "refused")  # one per connection
 
     def __init__(self, transport: asyncio.Transport, inner: asyncio.Protocol) -> None:
         self._transport = transport
@@ -48,8 +49,8 @@ class MaskGuard(asyncio.Protocol):
 
     @classmethod
     def install(cls, request: web.Request) -> "MaskGuard | None":
-        transport = request.transport
-        if not isinstance(transport, asyncio.Transport) or transport.is_closing():
+        transport = request.transport  # uvloop's is not an asyncio.Transport: no isinstance
+        if transport is None or transport.is_closing():
             return None
         guard = cls(transport, transport.get_protocol())  # type: ignore[arg-type]
         transport.set_protocol(guard)
@@ -65,6 +66,20 @@ class MaskGuard(asyncio.Protocol):
                 self._skip -= step
                 pos += step
                 continue
+            if not head and pos + 2 <= n:  # a header that starts here: read it at once
+                size = data[pos + 1]
+                if not size & 0x80:
+                    self._refuse(data[:pos])
+                    return
+                size &= 0x7F
+                ext = 2 if size == 126 else 8 if size == 127 else 0
+                if pos + 6 + ext <= n:
+                    if ext:
+                        size = int.from_bytes(data[pos + 2:pos + 2 + ext], "big")
+                    self._skip = size
+                    pos += 6 + ext
+                    continue
+            # a header split between two reads: byte by byte
             if not head:
                 start = pos
             head.append(data[pos])

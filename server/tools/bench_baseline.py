@@ -22,15 +22,8 @@ import jwt
 import orjson
 from aiohttp import WSMsgType, web
 
+from .. import event_loop
 from ..protocol import encode, frame
-
-def loop_factory(name: str) -> Any:
-    if name == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop
-    return None
-
 
 ROOMS: web.AppKey[dict[str, dict[int, web.WebSocketResponse]]] = web.AppKey("rooms", dict)
 
@@ -113,7 +106,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--event-loop", choices=("asyncio", "uvloop"), default="asyncio")
     args = parser.parse_args()
-    with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
+    with event_loop.runner(args.event_loop) as runner:  # the loop Switchboard is measured on
         runner.run(serve(args.host, args.port))
 
 

@@ -69,8 +69,8 @@ def add_parser(sub: Any, default_config: str) -> argparse.ArgumentParser:
     suite.add_argument("--no-pin", action="store_true",
                        help="do not pin the servers and the generator to separate cores")
     suite.add_argument("--event-loop", choices=("asyncio", "uvloop"),
-                       help="the servers' event loop (default: Switchboard's server.event_loop "
-                            "default; the reference runs on the same loop)")
+                       help="the event loop of both servers (default: uvloop when installed, "
+                            "as Switchboard's server.event_loop: auto picks)")
     token_options(bench, default_config)
     return bench
 
@@ -139,7 +139,7 @@ def _suite(args: argparse.Namespace) -> int:
                   event_loop=args.event_loop, log=log)
     outcomes = asyncio.run(suite.run())
     rep = report(outcomes, rounds=args.rounds, quick=args.quick,
-                 pinned=suite.server_cores is not None, event_loop=args.event_loop)
+                 pinned=suite.server_cores is not None, event_loop=suite.event_loop)
     render(rep, json_path=args.json)
     return int(rep["exit_status"])
 

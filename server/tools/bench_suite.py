@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..event_loop import uvloop_available
 from .bench import Bench, Progress
 from .bench_meter import rss_mib
 from .bench_model import Params, Results
@@ -246,7 +247,9 @@ class Outcome:
 class Suite:
     def __init__(self, *, rounds: int, quick: bool, only: list[str] | None, pin: bool,
                  event_loop: str | None, log: Callable[[str], None]) -> None:
-        self.rounds, self.pin, self.event_loop, self.log = rounds, pin, event_loop, log
+        self.rounds, self.pin, self.log = rounds, pin, log
+        # both sides on the same loop: the one Switchboard's default (auto) picks, unless told
+        self.event_loop = event_loop or ("uvloop" if uvloop_available() else "asyncio")
         self.scenarios = [s for s in scenarios(quick) if not only or s.name in only]
         self.workdir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
         self.lab = Lab(self.workdir)
@@ -271,10 +274,8 @@ class Suite:
 
     def _server(self, side: Side) -> AbstractAsyncContextManager[Server]:
         if side.kind == "baseline":
-            return self.lab.baseline(pin=self.server_cores, event_loop=self.event_loop or "asyncio")
-        extra = dict(side.config)
-        if self.event_loop:
-            extra = merged(extra, {"server": {"event_loop": self.event_loop}})
+            return self.lab.baseline(pin=self.server_cores, event_loop=self.event_loop)
+        extra = merged(side.config, {"server": {"event_loop": self.event_loop}})
         if side.redis:
             assert self.redis_url is not None
             extra = merged(extra, {"backend": {"type": "redis", "redis": {"url": self.redis_url}}})
