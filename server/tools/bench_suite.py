@@ -254,7 +254,7 @@ class Suite:
         self.workdir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
         self.lab = Lab(self.workdir)
         self.mint: Minter = self._minter()
-        all_cores = cores()
+        all_cores = self.all_cores = cores()  # before this process pins itself
         self.server_cores: set[int] | None = None
         if pin and len(all_cores) >= 2:
             self.server_cores = {all_cores[0]}
@@ -281,7 +281,7 @@ class Suite:
             extra = merged(extra, {"backend": {"type": "redis", "redis": {"url": self.redis_url}}})
         pin = self.server_cores
         if side.workers > 1:
-            pin = set(cores())  # a worker per core
+            pin = set(self.all_cores)  # a worker per core
         return self.lab.switchboard(extra, pin=pin, workers=side.workers)
 
     async def _measure(self, scenario: Scenario, side: Side) -> Metrics:
