@@ -69,8 +69,8 @@ def add_parser(sub: Any, default_config: str) -> argparse.ArgumentParser:
     suite.add_argument("--no-pin", action="store_true",
                        help="do not pin the servers and the generator to separate cores")
     suite.add_argument("--event-loop", choices=("asyncio", "uvloop"),
-                       help="the event loop of both servers (default: uvloop when installed, "
-                            "as Switchboard's server.event_loop: auto picks)")
+                       help="the event loop of both servers (default: server.event_loop's "
+                            "default, asyncio)")
     token_options(bench, default_config)
     return bench
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..event_loop import uvloop_available
+from ..config.schema import ServerConfig
 from .bench import Bench, Progress
 from .bench_meter import rss_mib
 from .bench_model import Params, Results
@@ -248,8 +248,8 @@ class Suite:
     def __init__(self, *, rounds: int, quick: bool, only: list[str] | None, pin: bool,
                  event_loop: str | None, log: Callable[[str], None]) -> None:
         self.rounds, self.pin, self.log = rounds, pin, log
-        # both sides on the same loop: the one Switchboard's default (auto) picks, unless told
-        self.event_loop = event_loop or ("uvloop" if uvloop_available() else "asyncio")
+        # both sides on the same loop: Switchboard's default (server.event_loop), unless told
+        self.event_loop = event_loop or ServerConfig.model_fields["event_loop"].default
         self.scenarios = [s for s in scenarios(quick) if not only or s.name in only]
         self.workdir = Path(tempfile.mkdtemp(prefix="switchboard-bench-"))
         self.lab = Lab(self.workdir)
