@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import asyncio
 import difflib
 import logging
@@ -139,11 +138,6 @@ async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
         log.error("listen_failed", host=srv.host, port=srv.port, error=str(exc))
         await runner.cleanup()
         return 1
-    # what start-up made (modules, the config, plugins, schemas) lives as long as the process:
-    # out of the collector's sight, a full collection does not walk it again and again (the
-    # tail of a fan-out's latency)
-    gc.collect()
-    gc.freeze()
     # the handlers before the server_listening line: a SIGTERM sent on seeing it drains
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
