@@ -137,6 +137,11 @@ def render(report: dict[str, Any], *, json_path: str | None) -> None:
                       "security.connect_rate_per_ip and rate_limit for a benchmark (docs/benchmarks.md)")
     for problem in report["problems"]:
         console.print(f"FAILED: {problem}", style="bold red")
+    write_json(report, json_path)
+
+
+def write_json(report: dict[str, Any], json_path: str | None) -> None:
+    """``report`` as indented JSON to ``json_path`` (``-``: standard output; None: nowhere)."""
     if json_path == "-":
         sys.stdout.write(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode() + "\n")
     elif json_path:

@@ -6,11 +6,9 @@ failed connections, a server that did not start)."""
 from __future__ import annotations
 
 import platform
-import sys
 from typing import Any
 
-import orjson
-
+from .bench_report import write_json
 from .bench_suite import Outcome, median, verdicts
 
 
@@ -117,8 +115,4 @@ def render(rep: dict[str, Any], *, json_path: str | None) -> None:
             console.print(f"    {s['error']}", style="yellow" if s["error"].startswith("not run") else "red")
     for short in rep["short"]:
         console.print(f"SHORT: {short}", style="bold red")
-    if json_path == "-":
-        sys.stdout.write(orjson.dumps(rep, option=orjson.OPT_INDENT_2).decode() + "\n")
-    elif json_path:
-        with open(json_path, "wb") as fh:
-            fh.write(orjson.dumps(rep, option=orjson.OPT_INDENT_2) + b"\n")
+    write_json(rep, json_path)
