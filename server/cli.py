@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from . import event_loop
+from . import collector, event_loop
 from .errors import AuthError, ConfigError, PluginError
 from .tools import bench_cli, client_cli
 from .tools.options import Minter, split_roles
@@ -138,6 +138,7 @@ async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
         log.error("listen_failed", host=srv.host, port=srv.port, error=str(exc))
         await runner.cleanup()
         return 1
+    collector.settle(srv.gc_threshold, srv.gc_freeze)  # start-up is over (server/collector.py)
     # the handlers before the server_listening line: a SIGTERM sent on seeing it drains
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

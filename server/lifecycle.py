@@ -119,7 +119,21 @@ async def close_connection(node: Node, registry: Registry, conn: Connection) -> 
             await plugin.on_disconnect(Context(conn, None, node, plugin))
         except Exception:
             conn.log.exception("plugin_hook_failed", plugin=plugin.name, hook="on_disconnect")
+    _drop_tracebacks(ws.exception())
     closed_with = int(conn.close_code or ws.close_code or 0)
     node.metrics.connection_closed(closed_with)
     conn.log.info("connection_closed", code=closed_with,
                   duration=round(time.time() - conn.connected_at, 3))
+
+
+def _drop_tracebacks(exc: BaseException | None) -> None:
+    """The tracebacks of what ended a socket, and of what that was raised during: aiohttp keeps
+    the exception (``ws.exception()``), its traceback keeps the frames that raised it, and
+    those keep the WebSocket, its request and buffers: a cycle of a whole connection (~10 KiB)
+    that only a full collection of the cyclic collector would free (server/collector.py).
+    Nothing reads those tracebacks once the connection is closed."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc.__traceback__ = None
+        exc = exc.__cause__ or exc.__context__

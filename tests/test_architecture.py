@@ -19,7 +19,7 @@ MAX_LINES = 450
 LAYERS: dict[int, tuple[str, ...]] = {
     1: ("server", "server.errors", "server.identity", "server.buckets", "server.addresses",
         "server.rooms", "server.protocol", "server.protocol.*", "server.backends.base",
-        "server.config.base", "server.versions", "server.event_loop"),
+        "server.config.base", "server.versions", "server.event_loop", "server.collector"),
     2: ("server.config", "server.config.*", "server.backends", "server.backends.*", "server.log"),
     3: ("server.connection", "server.hub", "server.auth", "server.metrics"),
     4: ("server.plugin_api",),

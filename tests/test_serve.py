@@ -73,3 +73,26 @@ async def test_the_listen_backlog_is_the_configured_one(tmp_path: Path, backlog:
         assert int(out[2]) == min(backlog or 2048, cap), out
     finally:
         await server.stop()
+
+
+@pytest.mark.parametrize("config, threshold, frozen", [
+    ("", 10_000, True),  # the defaults: server/collector.py
+    ("server:\n  gc_threshold: 0\n  gc_freeze: false\n", 700, False),  # CPython's own
+    ("server:\n  gc_threshold: 2500\n", 2500, True),
+])
+async def test_the_garbage_collector_runs_as_configured(
+        tmp_path: Path, config: str, threshold: int, frozen: bool) -> None:
+    """``server.gc_threshold`` and ``server.gc_freeze``, as the process applies them and
+    ``GET /api/stats`` reports them."""
+    server = await start_server(tmp_path, config)
+    try:
+        async with aiohttp.ClientSession() as session:
+            headers = {"Authorization": f"Bearer {make_token('ops', roles=['admin'])}"}
+            async with session.get(f"{server.url}/api/stats", headers=headers) as resp:
+                assert resp.status == 200
+                gc_state = (await resp.json())["gc"]
+    finally:
+        await server.kill()
+    assert gc_state["threshold"][0] == threshold
+    # start-up alone makes tens of thousands of objects (modules, schemas, plugins)
+    assert (gc_state["frozen"] > 10_000) if frozen else gc_state["frozen"] == 0

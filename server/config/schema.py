@@ -66,6 +66,10 @@ class ServerConfig(Section):
     # what `serve` runs on: auto = uvloop when installed (the speed extra), else asyncio;
     # asyncio by default until uvloop passes the churn test as steadily (docs/benchmarks.md)
     event_loop: EventLoop = "asyncio"
+    # the garbage collector (server/collector.py): allocations between two young collections
+    # (0 = CPython's 700), and start-up's objects frozen out of every later collection
+    gc_threshold: NonNegativeInt = 10_000
+    gc_freeze: bool = True
 
     @field_validator("ws_path")
     @classmethod

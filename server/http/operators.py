@@ -14,6 +14,7 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..config import FieldError
+from .. import collector
 from ..event_loop import Name as LoopName
 from ..event_loop import name as loop_name
 from ..errors import ConfigError
@@ -41,6 +42,10 @@ class Stats(BaseModel):
     node: str
     event_loop: LoopName = Field(description="the event loop this node runs on "
                                  "(server.event_loop)")
+    gc: dict[str, list[int] | int] = Field(description="the garbage collector of this node's "
+                                           "process: threshold (of each generation), frozen "
+                                           "(objects out of its sight, server.gc_freeze), "
+                                           "collections (of each generation)")
 
 
 @routes.get("/api/stats", summary="Counters of this node and the rooms", access="admin",
@@ -54,7 +59,7 @@ async def stats(request: web.Request) -> Stats:
                  uptime_seconds=round(time.time() - counts.started, 3), total_rooms=len(rooms),
                  messages_in=counts.messages_in, messages_out=counts.messages_out,
                  rooms={r.id: r.members for r in rooms}, node=node.node_id,
-                 event_loop=loop_name(asyncio.get_running_loop()))
+                 event_loop=loop_name(asyncio.get_running_loop()), gc=collector.state())
 
 
 # --- pushing ---------------------------------------------------------------------------------
