@@ -194,7 +194,7 @@ class PresencePlugin(Plugin[PresenceConfig]):
         mates = await self._room_mates(user.id, rooms)
         await self._tell(mates, "user_status",
                          {"user_id": user.id, "status": status, "last_seen": last_seen}, user)
-        self.log.info("user_status", user_id=user.id, status=status, told=len(mates))
+        self.log.debug("user_status", user_id=user.id, status=status, told=len(mates))
 
     async def _room_mates(self, user_id: str, rooms: Iterable[str]) -> set[str]:
         """The users sharing one of ``rooms`` with ``user_id``, in rooms with presence on and

@@ -9,6 +9,7 @@ and JWT-shaped values masked, in case a library quotes a request line.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -40,13 +41,20 @@ _METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "msg": logging.I
 _level = logging.INFO
 
 
+#: what every text that could hold a token has in it; the masking runs only on those
+_SECRET_HINT = re.compile(r"eyJ|token=|bearer", re.IGNORECASE)
+
+
 def scrub(text: str) -> str:
     """``text`` with tokens masked."""
-    if "eyJ" not in text:  # no JWT: the pattern runs only on text that names a token
-        folded = text.lower()
-        if "token=" not in folded and "bearer" not in folded:
-            return text
+    if _SECRET_HINT.search(text) is None:
+        return text
     return _SECRET_TEXT.sub(lambda m: (m.group("prefix") or "") + REDACTED, text)
+
+
+@functools.lru_cache(maxsize=1024)  # field names: the few dozen the code writes
+def _secret_key(key: str) -> bool:
+    return key.lower() in _SECRET_KEYS
 
 
 def _below_level(_: Any, method: str,
@@ -65,9 +73,9 @@ def set_level(name: str) -> None:
 
 def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     for key, value in event.items():
-        if key.lower() in _SECRET_KEYS:
+        if _secret_key(key):
             event[key] = REDACTED
-        elif isinstance(value, str):
+        elif isinstance(value, str) and _SECRET_HINT.search(value) is not None:
             event[key] = scrub(value)
     return event
 
