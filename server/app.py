@@ -10,10 +10,10 @@ from aiohttp import web
 from .config import DEV_SECRET, Config
 from .http import api, conformance, pages
 from .http.errors import error_middleware
-from .http.guards import UpgradeGuard
+from .http.guards import GUARD, UpgradeGuard
 from .http.handshake import headers_read
 from .http.sessions import HTTP_SESSIONS, HttpSessions
-from .keys import NODE, PIPELINE, REGISTRY
+from .keys import NODE, PIPELINE, REGISTRY, WS_ROUTE
 from .pipeline import build_pipeline
 from .protocol import CloseCode
 from .protocol.core_types import CORE_TYPES
@@ -38,16 +38,18 @@ def create_app(config: Config, *, config_path: str | None = None,
     node.metrics.track([*CORE_TYPES, *registry.handlers])
     node.metrics.watch(node.node_id, node.hub)
     guard = UpgradeGuard(config)
-    # headers_read first: it stops the connection's server.handshake_timeout clock
-    app = web.Application(middlewares=[headers_read, error_middleware, guard.middleware])
+    # headers_read first: it stops the connection's server.handshake_timeout clock. Neither
+    # stays in the WebSocket endpoint's way: it runs the guard and answers for itself (ws.py)
+    app = web.Application(middlewares=[headers_read, error_middleware])
     app[NODE] = node
+    app[GUARD] = guard
     app[REGISTRY] = registry
     app[PIPELINE] = build_pipeline(config, registry.stages)
     app[RELOADER] = Reloader(node, guard, app[PIPELINE], registry, overrides)
     node.control_ops["reload"] = app[RELOADER].on_control
     app[HTTP_SESSIONS] = HttpSessions()
     settle_writer_layout()
-    app.router.add_get(config.server.ws_path, websocket_handler)
+    app.router.add_get(config.server.ws_path, websocket_handler, name=WS_ROUTE)
     app.router.add_routes(api.routes)
     pages.setup(app)
     if config.server.conformance_echo:

@@ -15,7 +15,7 @@ import structlog
 
 from .backends.base import DEFAULT_ROUTE, Route, TargetKind
 from .config import ServerConfig
-from .connection import Connection
+from .connection import NO_ROOMS, Connection
 from .protocol import CloseCode, text_frame
 
 log = structlog.get_logger(__name__)
@@ -47,11 +47,18 @@ class Hub:
             self._unsubscribe(room, conn)
 
     def subscribe(self, room: str, conn: Connection) -> None:
-        conn.rooms.add(room)
+        rooms = conn.rooms
+        if not isinstance(rooms, set):  # the shared empty one (NO_ROOMS)
+            rooms = conn.rooms = set()
+        rooms.add(room)
         self.by_room.setdefault(room, {})[conn.id] = conn
 
     def unsubscribe(self, room: str, conn: Connection) -> None:
-        conn.rooms.discard(room)
+        rooms = conn.rooms
+        if isinstance(rooms, set):
+            rooms.discard(room)
+            if not rooms:
+                conn.rooms = NO_ROOMS
         self._unsubscribe(room, conn)
 
     def _unsubscribe(self, room: str, conn: Connection) -> None:

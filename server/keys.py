@@ -15,3 +15,6 @@ if TYPE_CHECKING:
 NODE: web.AppKey["Node"] = web.AppKey("switchboard_node")
 REGISTRY: web.AppKey["Registry"] = web.AppKey("switchboard_registry")
 PIPELINE: web.AppKey["Pipeline"] = web.AppKey("switchboard_pipeline")
+#: the WebSocket endpoint's route name: the middlewares hand its requests straight through, as it
+#: answers for itself (``ws.py``)
+WS_ROUTE = "switchboard_websocket"

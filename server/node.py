@@ -16,7 +16,7 @@ import structlog
 
 from .auth import Authenticator
 from .backends import create_backend
-from .backends.base import Backend, HistoryPage, Route, Store, TargetKind
+from .backends.base import Backend, Channels, HistoryPage, Route, Store, TargetKind
 from .config import Config, RoomOptions, RoomsConfig
 from .connection import Connection
 from .errors import MessageRejected
@@ -68,7 +68,7 @@ class Node:
         self.plugins: Sequence["Plugin[Any]"] = ()
         self._tasks: set[asyncio.Task[None]] = set()  # work started from a sync callback
         #: the broker channels this node is subscribed to; changed under the lock only
-        self._channels: set[tuple[TargetKind, str]] = set()
+        self._channels = Channels()
         self._channels_lock = asyncio.Lock()
         self._down_logged = 0.0
         #: control operation -> what this node does when one arrives (``control``)
@@ -156,17 +156,17 @@ class Node:
 
     async def _want(self, kind: TargetKind, key: str) -> None:
         async with self._channels_lock:
-            if (kind, key) not in self._channels:
+            if not self._channels.has(kind, key):
                 await self.backend.broker.subscribe(kind, key)
-                self._channels.add((kind, key))
+                self._channels.add(kind, key)
 
     async def _release(self, kind: TargetKind, key: str) -> None:
         """Unsubscribe unless a local connection needs the channel again (checked under the
         lock, so a join racing the last leave keeps its subscription)."""
         async with self._channels_lock:
             local = self.hub.by_room if kind == "room" else self.hub.by_user
-            if (kind, key) in self._channels and key not in local:
-                self._channels.discard((kind, key))
+            if self._channels.has(kind, key) and key not in local:
+                self._channels.discard(kind, key)
                 await self.backend.broker.unsubscribe(kind, key)
 
     async def attach(self, conn: Connection) -> None:

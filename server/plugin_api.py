@@ -40,6 +40,7 @@ from __future__ import annotations
 import inspect
 import re
 from dataclasses import dataclass
+from collections.abc import Set as AbstractSet
 from typing import (
     Any,
     Awaitable,
@@ -137,8 +138,8 @@ class Connection(Protocol):
     remote: str
     connected_at: float
     expires_at: float | None
-    #: the rooms this connection is in
-    rooms: set[str]
+    #: the rooms this connection is in (read-only: join and leave through the node)
+    rooms: AbstractSet[str]
     #: free per-connection state, keyed by plugin name (``ctx.state`` is this plugin's)
     state: dict[str, Any]
     #: the connection's structlog logger (``conn_id``, ``user_id``)

@@ -17,7 +17,9 @@ from .auth import user_from_claims
 from .connection import Connection
 from .errors import AuthError, MessageRejected
 from .frames import handle_frame, unsupported_frame
-from .http.guards import CLAIMS, CLIENT_IP, LEASE
+from .http.errors import counted, http_error
+from .http.guards import GUARD, Lease
+from .http.handshake import request_done
 from .http.wire import MaskGuard, answer_close
 from .http.openapi import describe
 from .keys import NODE, PIPELINE, REGISTRY
@@ -88,50 +90,84 @@ class _UpgradeQuery(BaseModel):
 @describe("The WebSocket endpoint (docs/protocol.md); refusals before the upgrade are JSON",
           query=_UpgradeQuery, status=101, errors=(400, 401, 403, 429, 503), tags=("websocket",))
 async def websocket_handler(request: web.Request) -> web.StreamResponse:
+    """The upgrade guards, the upgrade, then the connection's whole life. The middlewares hand
+    this endpoint its request untouched, and it answers for itself (refusals and a failed
+    handshake as JSON, the answer counted): a connection keeps this one frame, not one more
+    per middleware (~0.3 KiB each, docs/benchmarks.md, "Idle memory"). The steps before the
+    read loop are functions that return, so they keep no frame either."""
     node = request.app[NODE]
-    cfg = node.config
+    try:
+        lease = await request.app[GUARD].admit(request)
+        if not isinstance(lease, Lease):
+            return counted(request, lease)
+        try:
+            ws = await _upgrade(request, node)
+            if not isinstance(ws, web.WebSocketResponse):
+                return ws
+            authed = await _identify(node, ws, lease)
+            if authed is None:
+                return ws
+            claims, auth_frame_id = authed
+            guard = MaskGuard.install(request)
+            user = user_from_claims(claims)
+            conn = Connection(ws, user, remote=lease.ip,
+                              request=request, max_bytes=node.config.server.write_buffer_size,
+                              max_messages=node.config.server.max_queued_messages)
+            structlog.contextvars.bind_contextvars(conn_id=conn.id, user_id=user.id)
+            registry, pipeline = request.app[REGISTRY], request.app[PIPELINE]
+            try:
+                await open_connection(node, registry, conn, claims,
+                                      rooms=request.query.get("rooms", ""), reply_to=auth_frame_id)
+                await _read_loop(node, registry, pipeline, conn)
+                if guard is not None and guard.refused:
+                    conn.close_code = CloseCode.PROTOCOL_ERROR
+            finally:
+                try:
+                    await close_connection(node, registry, conn)
+                finally:
+                    structlog.contextvars.unbind_contextvars("conn_id", "user_id")
+            return ws
+        finally:
+            lease.release()
+    finally:
+        request_done(request)
+
+
+async def _upgrade(request: web.Request, node: Node) -> web.StreamResponse:
+    """The prepared WebSocket (counted as a 101), or the JSON answer to a bad handshake."""
+    cfg = node.config.server
     ws = web.WebSocketResponse(
         # aiohttp refuses a frame of max_msg_size bytes or more on the wire, but an inflated
         # one only over max_msg_size: one more byte, so that a frame of exactly
         # server.max_message_size bytes is served; an inflated frame of exactly one byte over
         # is closed by the read loop (_inflated_too_big)
-        max_msg_size=cfg.server.max_message_size + 1,
-        compress=cfg.server.compression,
+        max_msg_size=cfg.max_message_size + 1,
+        compress=cfg.compression,
         autoping=False,
         autoclose=False,  # answer_close() answers the client's close
     )
-    await ws.prepare(request)
-    guard = MaskGuard.install(request)
-    claims = request.get(CLAIMS)
-    auth_frame_id: str | None = None
-    if claims is None:
-        authed = await _first_frame_auth(ws, node)
-        if authed is None:
-            return ws
-        claims, auth_frame_id = authed
-        if not request[LEASE].bind_user(str(claims["sub"])):
-            log.info("upgrade_refused", via="first_frame", reason="per_user_cap", user_id=claims["sub"])
-            await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections for this user")
-            return ws
-    user = user_from_claims(claims)
-    remote = request.get(CLIENT_IP) or request.remote or ""
-    conn = Connection(ws, user, remote=remote, request=request,
-                      max_bytes=cfg.server.write_buffer_size,
-                      max_messages=cfg.server.max_queued_messages)
-    structlog.contextvars.bind_contextvars(conn_id=conn.id, user_id=user.id)
-    registry, pipeline = request.app[REGISTRY], request.app[PIPELINE]
     try:
-        try:
-            await open_connection(node, registry, conn, claims,
-                                  rooms=request.query.get("rooms", ""), reply_to=auth_frame_id)
-            await _read_loop(node, registry, pipeline, conn)
-            if guard is not None and guard.refused:
-                conn.close_code = CloseCode.PROTOCOL_ERROR
-        finally:
-            await close_connection(node, registry, conn)
-    finally:
-        structlog.contextvars.unbind_contextvars("conn_id", "user_id")
-    return ws
+        await ws.prepare(request)
+    except web.HTTPException as exc:  # not a WebSocket handshake
+        return counted(request, http_error(exc))
+    return counted(request, ws)
+
+
+async def _identify(node: Node, ws: web.WebSocketResponse,
+                    lease: Lease) -> tuple[dict[str, Any], str | None] | None:
+    """The claims (from the upgrade's token, or else from an ``auth`` first frame) and the id
+    of the auth frame; None when the socket was closed instead."""
+    if lease.claims is not None:
+        return lease.claims, None
+    authed = await _first_frame_auth(ws, node)
+    if authed is None:
+        return None
+    if not lease.bind_user(str(authed[0]["sub"])):
+        log.info("upgrade_refused", via="first_frame", reason="per_user_cap",
+                 user_id=authed[0]["sub"])
+        await ws.close(code=CloseCode.TRY_AGAIN_LATER, message=b"too many connections for this user")
+        return None
+    return authed
 
 
 def settle_writer_layout() -> None:

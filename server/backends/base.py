@@ -33,6 +33,36 @@ class Route:
 
 DEFAULT_ROUTE = Route()
 
+
+class Channels:
+    """A set of channels, ``(kind, key)``, kept as a set of keys per kind: a key is the room's
+    or the user's own string, so a channel costs a set slot and no tuple of its own (a user
+    channel for every open connection, twice on the memory backend: the node's and the
+    broker's)."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self) -> None:
+        self._keys: dict[str, set[str]] = {}
+
+    def add(self, kind: TargetKind, key: str) -> None:
+        self._keys.setdefault(kind, set()).add(key)
+
+    def discard(self, kind: TargetKind, key: str) -> None:
+        keys = self._keys.get(kind)
+        if keys is not None:
+            keys.discard(key)
+
+    def has(self, kind: TargetKind, key: str) -> bool:
+        keys = self._keys.get(kind)
+        return keys is not None and key in keys
+
+    def __contains__(self, channel: tuple[TargetKind, str]) -> bool:
+        return self.has(*channel)
+
+    def clear(self) -> None:
+        self._keys.clear()
+
 #: Called by the broker on every node for each publication
 Deliver = Callable[[TargetKind, str, bytes, Route], None]
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .base import DEFAULT_ROUTE, Deliver, Route, TargetKind
+from .base import DEFAULT_ROUTE, Channels, Deliver, Route, TargetKind
 
 
 class Keep(Protocol):
@@ -19,7 +19,7 @@ class MemoryBroker:
     def __init__(self, keep: Keep) -> None:
         self._keep = keep
         self._deliver: Deliver | None = None
-        self.channels: set[tuple[TargetKind, str]] = set()
+        self.channels = Channels()
 
     async def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
@@ -29,14 +29,14 @@ class MemoryBroker:
         self.channels.clear()
 
     async def subscribe(self, kind: TargetKind, key: str) -> None:
-        self.channels.add((kind, key))
+        self.channels.add(kind, key)
 
     async def unsubscribe(self, kind: TargetKind, key: str) -> None:
-        self.channels.discard((kind, key))
+        self.channels.discard(kind, key)
 
     async def publish(self, kind: TargetKind, key: str, payload: bytes,
                       route: Route = DEFAULT_ROUTE) -> None:
-        if self._deliver is not None and (kind, key) in self.channels:
+        if self._deliver is not None and self.channels.has(kind, key):
             self._deliver(kind, key, payload, route)
 
     async def publish_kept(self, room: str, message: dict[str, Any], *, size: int, ttl: float,

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..config import validation_messages
 from ..errors import MessageRejected
-from ..keys import NODE
+from ..keys import NODE, WS_ROUTE
 from ..protocol import ErrorCode
 from .util import json_error
 
@@ -102,18 +102,24 @@ Endpoint = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 @web.middleware
-async def error_middleware(request: web.Request, handler: Endpoint) -> web.StreamResponse:
+def error_middleware(request: web.Request, handler: Endpoint) -> Awaitable[web.StreamResponse]:
     """Every error as a JSON body (aiohttp's own 404, 405 and 413 included; an unexpected
-    exception is a logged 500), and every answer counted in the metrics."""
+    exception is a logged 500), and every answer counted in the metrics. The WebSocket
+    endpoint does both for itself (:func:`http_error`, :func:`counted`): it is handed its
+    request untouched, so nothing of this stays suspended for as long as a connection lives."""
+    if request.match_info.route.name == WS_ROUTE:
+        return handler(request)
+    return _answered(request, handler)
+
+
+async def _answered(request: web.Request, handler: Endpoint) -> web.StreamResponse:
     upgrade = request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
     try:
         response = await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW, hdrs.RETRY_AFTER)}
-        response = json_error(exc.status, _CODE_OF_STATUS.get(exc.status, f"HTTP_{exc.status}"),
-                              exc.reason, headers=headers)
+        response = http_error(exc)
     except Exception as exc:
         if upgrade:  # the WebSocket may be open already: no answer to replace; aiohttp logs it
             raise
@@ -124,6 +130,18 @@ async def error_middleware(request: web.Request, handler: Endpoint) -> web.Strea
         else:
             log.exception("http_handler_failed", method=request.method, path=request.path)
             response = json_error(500, ErrorCode.INTERNAL_ERROR, "internal error")
+    return counted(request, response)
+
+
+def http_error(exc: web.HTTPException) -> web.Response:
+    """aiohttp's error (a 400 for a bad handshake, a 405...) as a JSON body."""
+    headers = {k: v for k, v in exc.headers.items() if k in (hdrs.ALLOW, hdrs.RETRY_AFTER)}
+    return json_error(exc.status, _CODE_OF_STATUS.get(exc.status, f"HTTP_{exc.status}"),
+                      exc.reason, headers=headers)
+
+
+def counted(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """``response``, counted in ``switchboard_http_requests_total``."""
     route = request.match_info.route.resource
     request.app[NODE].metrics.http_request(
         request.method, route.canonical if route is not None else "unmatched", response.status)

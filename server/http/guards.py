@@ -1,5 +1,5 @@
-"""Guards on the WebSocket upgrade (PROTOCOL §1), as one aiohttp middleware that runs before
-the upgrade, in this order: IP whitelist, IP blacklist, origin, connect rate per IP, the token
+"""Guards on the WebSocket upgrade (PROTOCOL §1), which the WebSocket endpoint runs first
+(:meth:`UpgradeGuard.admit`), before the upgrade, in this order: IP whitelist, IP blacklist, origin, connect rate per IP, the token
 (query or header), then draining, ``server.max_connections``, the per-IP and the per-user cap.
 Each refusal is a JSON error body with the contract's status (docs/security.md).
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections import OrderedDict
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -32,13 +32,12 @@ from ..protocol import ErrorCode
 
 log = structlog.get_logger(__name__)
 
-#: the verified JWT claims when the token came in the query or a header
-CLAIMS: web.RequestKey[dict[str, Any]] = web.RequestKey("switchboard_claims", dict)
-#: the client's address after trusted-proxy resolution
+#: the client's address after trusted-proxy resolution, where it is not the peer's own
+#: (``request.remote``): a request's state costs ~0.2 KiB once it holds anything, for as long
+#: as a WebSocket lives
 CLIENT_IP: web.RequestKey[str] = web.RequestKey("switchboard_client_ip", str)
-#: the upgrade's slot in the connection caps, held until the handler returns
-LEASE: web.RequestKey["Lease"] = web.RequestKey("switchboard_lease")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: the app's guard, which the WebSocket endpoint asks first
+GUARD: web.AppKey["UpgradeGuard"] = web.AppKey("switchboard_upgrade_guard")
 
 #: most client addresses whose connect rate is tracked at once
 MAX_TRACKED_IPS = 65536
@@ -107,13 +106,15 @@ class Lease:
     """One admitted upgrade's place in the caps, counted for its IP at once and for its user
     once known; the guard releases it when the handler returns."""
 
-    __slots__ = ("_slots", "_user_cap", "ip", "user_id")
+    __slots__ = ("_slots", "_user_cap", "claims", "ip", "user_id")
 
     def __init__(self, slots: Slots, ip: str, user_cap: int) -> None:
         self._slots = slots
         self._user_cap = user_cap
         self.ip = ip
         self.user_id: str | None = None
+        #: the verified claims of the upgrade's token (query or header), if it had one
+        self.claims: dict[str, Any] | None = None
         slots.total += 1
         _count(slots.by_ip, ip, 1)
 
@@ -144,7 +145,6 @@ def _refuse(ip: str, status: int, code: str, message: str, reason: str, *,
 
 class UpgradeGuard:
     def __init__(self, config: Config) -> None:
-        self.path = config.server.ws_path  # the route is fixed at startup: not reloadable
         self.slots = Slots()
         self.connect_rate: ConnectRate | None = None
         self.configure(config)
@@ -169,20 +169,13 @@ class UpgradeGuard:
         origin = parse_origin(header) if header else None
         return origin is not None and any(p.allows(origin) for p in self.origins)
 
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path != self.path:
-            return await handler(request)
+    async def admit(self, request: web.Request) -> Lease | web.Response:
+        """The upgrade's lease in the caps, or the refusal to answer with. The WebSocket
+        endpoint calls this first and releases the lease when it returns (``ws.py``)."""
         ip = client_ip(request, self.trusted)
-        request[CLIENT_IP] = ip
-        admitted = await self._admit(request, ip)
-        if isinstance(admitted, web.Response):
-            return admitted
-        request[LEASE] = admitted
-        try:
-            return await handler(request)
-        finally:
-            admitted.release()
+        if ip != request.remote:
+            request[CLIENT_IP] = ip
+        return await self._admit(request, ip)
 
     async def _admit(self, request: web.Request, ip: str) -> Lease | web.Response:
         sec = self.config.security
@@ -203,15 +196,13 @@ class UpgradeGuard:
                 return _refuse(ip, 429, ErrorCode.TOO_MANY_CONNECTIONS,
                                "connecting too often from your address; slow down",
                                "connect_rate", retry_after=wait)
-        user_id: str | None = None
+        claims: dict[str, Any] | None = None
         token = request.query.get("token") or bearer_token(request)
         if token:
             try:
                 claims = await node.auth.verify(token)
             except AuthError as exc:
                 return _refuse(ip, 401, ErrorCode.UNAUTHORIZED, str(exc), "bad_token")
-            request[CLAIMS] = claims
-            user_id = str(claims["sub"])
         # no await from here to the lease: the counts cannot move under the checks
         if node.hub.draining:
             return _refuse(ip, 503, ErrorCode.SERVER_BUSY, "the server is shutting down",
@@ -225,6 +216,8 @@ class UpgradeGuard:
             return _refuse(ip, 429, ErrorCode.TOO_MANY_CONNECTIONS,
                            "too many connections from your address", "per_ip_cap")
         lease = Lease(self.slots, ip, sec.max_connections_per_user)
+        lease.claims = claims
+        user_id = str(claims["sub"]) if claims is not None else None
         if user_id is not None and not lease.bind_user(user_id):
             lease.release()
             return _refuse(ip, 429, ErrorCode.TOO_MANY_CONNECTIONS,

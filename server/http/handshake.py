@@ -24,6 +24,8 @@ from typing import Awaitable, Callable, cast
 import structlog
 from aiohttp import web
 
+from ..keys import WS_ROUTE
+
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,8 +71,8 @@ class HeaderDeadline(asyncio.Protocol):
         self._busy = True
         self._stop()
 
-    def request_done(self) -> None:
-        """The handler returned: the next byte starts the next request's clock."""
+    def request_ended(self) -> None:
+        """The request is answered: the next byte starts the next request's clock."""
         self._busy = False
 
     def _start(self) -> None:
@@ -93,19 +95,41 @@ class HeaderDeadline(asyncio.Protocol):
         transport.close()
 
 
-@web.middleware
-async def headers_read(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Tells the connection's :class:`HeaderDeadline` (if it has one) that a request's headers
-    are complete, and when its handler is done."""
+def _deadline(request: web.BaseRequest) -> HeaderDeadline | None:
     transport = request.transport
     deadline = transport.get_protocol() if transport is not None else None
-    if not isinstance(deadline, HeaderDeadline):
-        return await handler(request)
+    return deadline if isinstance(deadline, HeaderDeadline) else None
+
+
+@web.middleware
+def headers_read(request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]:
+    """Tells the connection's :class:`HeaderDeadline` (if it has one) that a request's headers
+    are complete, and when its handler is done. Not a coroutine: the WebSocket endpoint gets
+    its handler's own awaitable, so nothing of this stays suspended for a connection's life,
+    and says itself when it is done (:func:`request_done`)."""
+    deadline = _deadline(request)
+    if deadline is None:
+        return handler(request)
     deadline.request_started()
+    if request.match_info.route.name == WS_ROUTE:
+        return handler(request)
+    return _timed(deadline, handler(request))
+
+
+async def _timed(deadline: HeaderDeadline,
+                 answer: Awaitable[web.StreamResponse]) -> web.StreamResponse:
     try:
-        return await handler(request)
+        return await answer
     finally:
-        deadline.request_done()
+        deadline.request_ended()
+
+
+def request_done(request: web.BaseRequest) -> None:
+    """The WebSocket endpoint's handler is done: a keep-alive connection (an upgrade that was
+    refused) times its next request's headers again."""
+    deadline = _deadline(request)
+    if deadline is not None:
+        deadline.request_ended()
 
 
 async def listen(runner: web.AppRunner, host: str, port: int, *, timeout: float,

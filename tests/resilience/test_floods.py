@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from tests.conftest import make_token
 from tests.proc import ServerProcess
@@ -335,6 +336,28 @@ class Loris:
             self.closed = time.monotonic()
         finally:
             self.writer.transport.abort()
+
+
+@pytest.mark.parametrize("answer", [401, 400])
+async def test_after_a_refused_upgrade_the_next_request_on_the_connection_is_timed(
+        tmp_path: Path, answer: int) -> None:
+    """The WebSocket endpoint tells the header clock itself when it is done (no middleware
+    waits on it): an upgrade refused with 401 (a bad token) or 400 (not a WebSocket
+    handshake) leaves a keep-alive connection whose next request must again complete its
+    head within server.handshake_timeout."""
+    async with serve(tmp_path, SLOWLORIS_CONFIG) as srv:
+        reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
+        if answer == 401:
+            writer.write(upgrade_request("not-a-token"))
+        else:
+            writer.write(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        status, head, body = await asyncio.wait_for(read_response(reader), WAIT)
+        assert status == answer, head
+        assert json.loads(body)["error"]["code"], body  # the contract's JSON body
+        writer.write(b"GET /hea")  # the next request's head, never finished
+        took = await closed_after(reader, "the request after a refused upgrade")
+        assert HANDSHAKE_TIMEOUT - EARLY <= took <= HANDSHAKE_TIMEOUT + MARGIN, took
+        writer.close()
 
 
 async def test_slowloris_handshakes_are_closed_in_time_and_others_still_upgrade(
