@@ -45,6 +45,13 @@ def uvloop_available() -> bool:
     return _uvloop() is not None
 
 
+def chosen(setting: Setting) -> Name:
+    """The loop ``setting`` runs on in this installation."""
+    if setting == "auto":
+        return "uvloop" if uvloop_available() else "asyncio"
+    return setting
+
+
 def factory(setting: Setting) -> Factory | None:
     """The loop factory for ``setting``; None for asyncio's default loop. ConfigError for
     ``uvloop`` when it is not installed (the config's own check says so first)."""

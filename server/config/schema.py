@@ -63,9 +63,8 @@ class ServerConfig(Section):
     environment: Literal["development", "production"] = "development"
     # GET /conformance/echo: an unauthenticated echo WebSocket for the Autobahn suite (tests only)
     conformance_echo: bool = False
-    # what `serve` runs on: auto = uvloop when installed (the speed extra), else asyncio;
-    # asyncio by default until uvloop passes the churn test as steadily (docs/benchmarks.md)
-    event_loop: EventLoop = "asyncio"
+    # what `serve` runs on: auto = uvloop when installed (the speed extra), else asyncio
+    event_loop: EventLoop = "auto"
     # the garbage collector (server/collector.py): allocations between two young collections
     # (0 = CPython's 700), and start-up's objects frozen out of every later collection
     gc_threshold: NonNegativeInt = 10_000

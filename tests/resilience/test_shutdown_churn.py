@@ -204,9 +204,15 @@ class Churner:
             pass  # closed by the server meanwhile (a rate limit, say)
 
     async def read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        async for msg in ws:
-            if msg.type is aiohttp.WSMsgType.TEXT:
-                self.tally["received"] += 1
+        try:
+            async for msg in ws:
+                if msg.type is aiohttp.WSMsgType.TEXT:
+                    self.tally["received"] += 1
+        except ConnectionError:
+            # aiohttp's autoping answering the hub's ping (all connections at once, every
+            # server.ping_period) that was read just as run() dropped the socket: the pong
+            # cannot be written to a closing transport (ClientConnectionResetError)
+            self.tally["pong_lost"] = self.tally.get("pong_lost", 0) + 1
         if ws.close_code not in (None, 1000, 1006):
             self.tally[f"closed {ws.close_code}"] = self.tally.get(f"closed {ws.close_code}", 0) + 1
 
