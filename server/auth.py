@@ -8,6 +8,7 @@ algorithm (``none``, or HS256 signed with the public key) is refused. A token st
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import secrets
 import sys
@@ -20,7 +21,7 @@ import jwt
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
-from jwt.algorithms import get_default_algorithms
+from jwt.algorithms import HMACAlgorithm, get_default_algorithms
 from jwt.types import Options
 
 from .config import AuthConfig
@@ -34,6 +35,27 @@ _MIN_HMAC_BYTES = 32
 _JWKS_TIMEOUT = 5.0
 #: the longest token accepted, in bytes; longer ones are refused before any parsing
 MAX_TOKEN_BYTES = 8192
+
+
+class _HMAC(HMACAlgorithm):
+    """PyJWT's HMAC algorithm, its key checks made once per key rather than on every token.
+    ``prepare_key`` refuses a key that looks asymmetric (PEM, SSH, DER, a JWK: an
+    algorithm-confusion defence) by trying to parse it each time, two exceptions and a JSON
+    decoder for an ordinary secret: about a tenth of a connection's cost in a connect storm
+    (docs/benchmarks.md). Its answer depends on the key alone, so it is kept; a refused key
+    raises again on every call."""
+
+    @functools.lru_cache(maxsize=16)  # noqa: B019 (a handful of module-lifetime instances)
+    def prepare_key(self, key: str | bytes) -> bytes:
+        return super().prepare_key(key)
+
+
+# PyJWT's own registry (its module-level API): every caller of jwt.decode/encode in the process
+# gets the same answers as before, once per key
+for _name, _digest in (("HS256", HMACAlgorithm.SHA256), ("HS384", HMACAlgorithm.SHA384),
+                       ("HS512", HMACAlgorithm.SHA512)):
+    jwt.unregister_algorithm(_name)
+    jwt.register_algorithm(_name, _HMAC(_digest))
 
 
 class Revocations:

@@ -104,11 +104,11 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             ws = await _upgrade(request, node)
             if not isinstance(ws, web.WebSocketResponse):
                 return ws
+            guard = MaskGuard.install(request)  # before any frame is read, the auth frame too
             authed = await _identify(node, ws, lease)
             if authed is None:
                 return ws
             claims, auth_frame_id = authed
-            guard = MaskGuard.install(request)
             user = user_from_claims(claims)
             conn = Connection(ws, user, remote=lease.ip,
                               request=request, max_bytes=node.config.server.write_buffer_size,

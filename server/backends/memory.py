@@ -285,6 +285,10 @@ class _Streams:
     def _slot(self, key: str) -> int:
         return hash(key) % _FLOOR_SLOTS
 
+    def kept(self, key: str) -> bool:
+        """Whether ``key`` has a stream (possibly with only expired items)."""
+        return key in self._streams
+
     def read(self, key: str) -> _Stream:
         """``key``'s stream without its expired items; an empty one (not kept) when it has none."""
         stream = self._streams.get(key)
@@ -377,6 +381,8 @@ class MemoryInbox:
 
     async def fetch(self, user_id: str, since: str | None = None, *,
                     limit: int = 100) -> list[dict[str, Any]]:
+        if not self._streams.kept(user_id):  # most users, most of the time (every connect asks)
+            return []
         return self._streams.read(user_id).after(self._streams.seq_of(since) or 0, limit)
 
     async def ack(self, user_id: str, offset: str) -> None:
