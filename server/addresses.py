@@ -3,6 +3,7 @@ addresses as peers and proxies write them, and ``Origin`` patterns. A leaf modul
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from dataclasses import dataclass
 from typing import Iterable
@@ -28,6 +29,7 @@ def _network(cidr: str) -> Network:
     return net
 
 
+@functools.lru_cache(maxsize=4096)  # the same peers again and again; ipaddress parses slowly
 def parse_ip(text: str | None) -> Address | None:
     """An address as a peer or an ``X-Forwarded-For`` hop writes it: ``[v6]:port`` and
     ``v4:port`` are accepted, an IPv4-mapped IPv6 address becomes IPv4. None when it is not an
@@ -44,6 +46,11 @@ def parse_ip(text: str | None) -> Address | None:
     if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
         return addr.ipv4_mapped
     return addr
+
+
+#: an address as text, normalised (``str`` of what :func:`parse_ip` gives), kept for the same
+#: peers again and again
+ip_text = functools.lru_cache(maxsize=4096)(str)
 
 
 def within(addr: Address, nets: tuple[Network, ...]) -> bool:

@@ -7,7 +7,7 @@ from typing import Mapping
 
 from aiohttp import web
 
-from ..addresses import Network, within, parse_ip
+from ..addresses import Network, ip_text, within, parse_ip
 
 #: the client address when the forwarding chain names something that is not an address
 UNKNOWN_IP = "unknown"
@@ -33,7 +33,7 @@ def client_ip(request: web.BaseRequest, trusted: tuple[Network, ...]) -> str:
     if peer is None:
         return request.remote or ""
     if not within(peer, trusted):
-        return str(peer)
+        return ip_text(peer)
     hops = [h.strip() for line in request.headers.getall("X-Forwarded-For", [])
             for h in line.split(",") if h.strip()]
     for hop in reversed(hops):
