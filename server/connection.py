@@ -103,6 +103,7 @@ class Connection:
         "last_activity", "write_started", "closing", "close_code", "_queue", "_queued_bytes",
         "_max_bytes", "_max_messages", "_writer", "expiry_due", "invalid_frames",
         "state", "request", "_socket", "_transport", "_high_water", "_corked", "_cork",
+        "_bursting",
     )
 
     def __init__(self, ws: web.WebSocketResponse, user: "User", *, remote: str,
@@ -142,6 +143,8 @@ class Connection:
         #: frames written in this turn of the event loop, not yet given to the transport
         self._corked: list[bytes] | None = None
         self._cork: _Cork | None = None
+        #: whether the last turn that wrote to it brought several frames (``send``)
+        self._bursting = False
 
     @property
     def log(self) -> Any:
@@ -211,7 +214,12 @@ class Connection:
         transport = self._transport
         if (transport is not None and payload and not self._queue and not self.write_started
                 and not self.ws.closed and transport.get_write_buffer_size() < self._high_water):
-            self._corked = [framed if framed is not None else text_frame(payload)]
+            data = framed if framed is not None else text_frame(payload)
+            if self._bursting:  # frames come several a turn: all of this turn's in one write
+                self._corked = [data]
+            else:  # one now and then: it goes at once, any more of this turn's at its end
+                transport.write(data)
+                self._corked = []
             self._cork.add(self)  # type: ignore[union-attr]
             return True
         size = len(payload)
@@ -236,9 +244,12 @@ class Connection:
         transport = self._transport
         if corked is None or transport is None or transport.is_closing():
             return
+        # a turn that brought several frames: the next ones wait for their turn's end too,
+        # until a turn brings just one again
+        self._bursting = len(corked) + (0 if self._bursting else 1) > 1
         if len(corked) == 1:
             transport.write(corked[0])
-        else:
+        elif corked:
             transport.writelines(corked)
 
     async def _write_loop(self) -> None:
