@@ -68,9 +68,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis  # noqa: E402
 
-from benchmarks.capacity_redis import Masters, redis_version  # noqa: E402
+from benchmarks.capacity_redis import Masters, redis_version, room_frame_bytes  # noqa: E402
 from benchmarks.capacity_sim import Sim  # noqa: E402
-from server.protocol import encode, frame  # noqa: E402
 from tests.services import RedisCluster, RedisServer  # noqa: E402
 
 
@@ -89,9 +88,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             masters.close()
     finally:
         service.close()
-    frame_bytes = len(encode(frame("message", {"content": "x" * args.content_bytes},
-                                   room="room-000000", offset="9f2c0a1b:100",
-                                   sender={"id": "user-000001", "username": "alice"})))
+    frame_bytes = room_frame_bytes(args.content_bytes, "room-000000")
     return {
         "config": {
             "nodes": args.nodes, "rooms": args.rooms, "messages": args.messages,

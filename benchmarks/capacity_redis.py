@@ -17,6 +17,7 @@ import redis
 from server.backends.base import Route
 from server.backends.redis import RedisBackend
 from server.config import load_config
+from server.protocol import encode, frame
 
 PREFIX = "switchboard"
 
@@ -125,3 +126,10 @@ def redis_version() -> str:
                          check=False).stdout
     return next((w.split("=")[1] for w in out.split() if w.startswith("v=")), "?")
 
+
+def room_frame_bytes(content_bytes: int, room: str) -> int:
+    """The size of a room message as subscribers get it: ``content_bytes`` of content, the
+    sender, an offset."""
+    return len(encode(frame("message", {"content": "x" * content_bytes}, room=room,
+                            offset="9f2c0a1b:100",
+                            sender={"id": "user-000001", "username": "alice"})))

@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import signal
 import subprocess
 import sys
@@ -48,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import redis  # noqa: E402
 
+from benchmarks.capacity_redis import redis_version, room_frame_bytes, rusage  # noqa: E402
 from server.backends.base import Route  # noqa: E402
 from server.backends.redis import RedisBackend  # noqa: E402
 from server.config import load_config  # noqa: E402
@@ -56,11 +56,6 @@ from server.protocol import encode, frame  # noqa: E402
 PREFIX = "switchboard"
 HISTORY_SIZE = 100
 HISTORY_TTL = 3600.0
-
-
-def cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def backend(node: str, url: str) -> RedisBackend:
@@ -103,13 +98,13 @@ async def receiver(url: str, rooms: int) -> None:
         if cmd["op"] == "expect":  # count from now; report when ``n`` more have arrived
             count, target = 0, cmd["n"]
             done.clear()
-            cpu0, t0 = cpu_self(), time.monotonic()
+            cpu0, t0 = rusage(), time.monotonic()
             print(json.dumps({"armed": True}), flush=True)
             try:
                 await asyncio.wait_for(done.wait(), cmd["timeout"])
             except TimeoutError:
                 pass
-            print(json.dumps({"got": count, "cpu": cpu_self() - cpu0,
+            print(json.dumps({"got": count, "cpu": rusage() - cpu0,
                               "seconds": time.monotonic() - t0}), flush=True)
         elif cmd["op"] == "quit":
             break
@@ -215,9 +210,9 @@ class Bench:
         return True
 
     async def measure_idle(self, seconds: float = 1.0) -> None:
-        r0, n0, t0 = self.side.read(), cpu_self(), time.monotonic()
+        r0, n0, t0 = self.side.read(), rusage(), time.monotonic()
         await asyncio.sleep(seconds)
-        r1, n1, dt = self.side.read(), cpu_self(), time.monotonic() - t0
+        r1, n1, dt = self.side.read(), rusage(), time.monotonic() - t0
         self.idle_node = (n1 - n0) / dt
         self.idle_redis = tuple((b - a) / dt for a, b in zip(r0, r1))  # type: ignore[assignment]
 
@@ -227,11 +222,11 @@ class Bench:
         recv.read()  # armed
         self.echoes = 0
         r0 = self.side.read()
-        c0, t0 = cpu_self(), time.monotonic()
+        c0, t0 = rusage(), time.monotonic()
         await self.publish_all(count, kept, concurrency)
         t_pub = time.monotonic() - t0
         complete = await self.wait_echoes(count, self.a.wait)
-        c1, t1 = cpu_self(), time.monotonic()
+        c1, t1 = rusage(), time.monotonic()
         got = await asyncio.get_running_loop().run_in_executor(None, recv.read)
         r1 = self.side.read()
         dt = t1 - t0
@@ -292,9 +287,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             side.c.close()
     finally:
         server.close()
-    frame_bytes = len(encode(frame("message", {"content": "x" * args.content_bytes},
-                                   room="room-00000", offset="9f2c0a1b:100",
-                                   sender={"id": "user-000001", "username": "alice"})))
+    frame_bytes = room_frame_bytes(args.content_bytes, "room-00000")
     return {
         "config": {"messages": args.messages, "rooms": args.rooms,
                    "concurrency": args.concurrency, "content_bytes": args.content_bytes,
@@ -308,12 +301,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "phases": phases,
         "seconds_total": round(time.monotonic() - started, 1),
     }
-
-
-def redis_version() -> str:
-    out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
-                         check=False).stdout
-    return next((w.split("=")[1] for w in out.split() if w.startswith("v=")), "?")
 
 
 def table(result: dict[str, Any]) -> str:

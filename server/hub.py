@@ -109,33 +109,27 @@ class Hub:
         for conn in tuple(self.connections.values()):
             conn.close(code, reason)
 
-    def reap(self, now: float) -> int:
-        """Close the connections whose pending write outlived ``write_timeout`` (4008) or whose
-        peer has been silent past ``pong_wait`` (4010); returns how many. The sweeper calls it
-        each tick, ``POST /api/cleanup`` at once."""
+    def reap(self, now: float, wall: float | None = None) -> int:
+        """Close the connections whose pending write outlived ``write_timeout`` (4008), whose
+        peer has been silent past ``pong_wait`` (4010) and, given ``wall`` (Unix seconds),
+        whose token expired by then (4001); returns how many. The sweeper calls it each tick
+        with ``wall`` (one pass over the connections for all three), ``POST /api/cleanup`` at
+        once without."""
         cfg = self.server
         closed = 0
         for conn in tuple(self.connections.values()):
             if conn.closing:
                 continue
+            due = conn.expiry_due
             if conn.write_started and now - conn.write_started > cfg.write_timeout:
                 conn.close(CloseCode.SLOW_CONSUMER, "slow consumer: write timed out")
             elif now - conn.last_activity > cfg.pong_wait:
                 conn.close(CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+            elif wall is not None and due is not None and due <= wall:
+                conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
             else:
                 continue
             closed += 1
-        return closed
-
-    def expire(self, wall: float) -> int:
-        """Close the connections whose token expired by ``wall`` (Unix seconds) with 4001;
-        returns how many."""
-        closed = 0
-        for conn in tuple(self.connections.values()):
-            due = conn.expiry_due
-            if due is not None and due <= wall and not conn.closing:
-                conn.close(CloseCode.TOKEN_EXPIRED, "token expired")
-                closed += 1
         return closed
 
     async def _sweep(self) -> None:
@@ -145,8 +139,7 @@ class Hub:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            self.reap(now)
-            self.expire(time.time())
+            self.reap(now, time.time())
             if now - last_ping >= cfg.ping_period:
                 last_ping = now
                 for conn in tuple(self.connections.values()):
