@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 import jwt
+import orjson
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPrivateKey
@@ -50,12 +51,27 @@ class _HMAC(HMACAlgorithm):
         return super().prepare_key(key)
 
 
-# PyJWT's own registry (its module-level API): every caller of jwt.decode/encode in the process
-# gets the same answers as before, once per key
-for _name, _digest in (("HS256", HMACAlgorithm.SHA256), ("HS384", HMACAlgorithm.SHA384),
-                       ("HS512", HMACAlgorithm.SHA512)):
-    jwt.unregister_algorithm(_name)
-    jwt.register_algorithm(_name, _HMAC(_digest))
+class _Decoder(jwt.PyJWT):
+    """PyJWT with its options merged once (at construction, not per token), the payload parsed
+    by orjson (PyJWT's documented override point) and the HMAC key checked once (``_HMAC``,
+    in this decoder's own algorithms: PyJWT's module-level ones, which ``jwt.encode`` and any
+    other caller use, are left alone)."""
+
+    def __init__(self, options: Options) -> None:
+        super().__init__(options)
+        for name, digest in (("HS256", HMACAlgorithm.SHA256), ("HS384", HMACAlgorithm.SHA384),
+                             ("HS512", HMACAlgorithm.SHA512)):
+            self._jws.unregister_algorithm(name)
+            self._jws.register_algorithm(name, _HMAC(digest))
+
+    def _decode_payload(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        try:
+            payload = orjson.loads(decoded["payload"])
+        except orjson.JSONDecodeError as exc:
+            raise jwt.DecodeError(f"Invalid payload string: {exc}") from exc
+        if not isinstance(payload, dict):
+            raise jwt.DecodeError("Invalid payload string: must be a json object")
+        return payload
 
 
 class Revocations:
@@ -123,6 +139,8 @@ class Authenticator:
                             hint=f"use a secret of at least {_MIN_HMAC_BYTES} bytes")
         elif not config.jwks_url:
             self._key = _load_key_file(config)
+        required = ["sub"] + (["exp"] if config.require_exp else [])
+        self._decoder = _Decoder({"require": required, "verify_aud": config.audience is not None})
 
     # --- JWKS -----------------------------------------------------------------------------
     async def _jwks_key(self, token: str) -> jwt.PyJWK:
@@ -186,12 +204,10 @@ class Authenticator:
             raise AuthError(f"token longer than {MAX_TOKEN_BYTES} bytes")
         cfg = self.config
         key = await self._jwks_key(token) if cfg.jwks_url else self._key
-        required = ["sub"] + (["exp"] if cfg.require_exp else [])
-        options: Options = {"require": required, "verify_aud": cfg.audience is not None}
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims: dict[str, Any] = self._decoder.decode(
                 token, key, algorithms=[cfg.algorithm], audience=cfg.audience,
-                issuer=cfg.issuer, leeway=cfg.leeway, options=options,
+                issuer=cfg.issuer, leeway=cfg.leeway,
             )
         except jwt.ExpiredSignatureError:
             raise AuthError("token expired") from None

@@ -74,7 +74,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problem:
         print(f"switchboard serve: {problem}", file=sys.stderr)
         return 2
-    from .log import configure_logging
+    from .log import bind_context, configure_logging
 
     if supervising or args.worker is not None:
         workers.whole_lines()  # one stderr for all: no line may be written in pieces
@@ -82,7 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import structlog
 
     if args.worker is not None:  # every line of a worker says which one
-        structlog.contextvars.bind_contextvars(worker=args.worker)
+        bind_context(worker=args.worker)
     log = structlog.get_logger("server.cli")
     for warning in loaded.warnings:
         log.warning("config_warning", detail=warning)
@@ -144,6 +144,7 @@ async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from .log import flush_logs
     from .reload import RELOADER
 
     loop.add_signal_handler(signal.SIGHUP, app[RELOADER].reload_soon)  # re-read websocket.yaml
@@ -152,6 +153,7 @@ async def _run(app: Any, config: Any, log: Any, *, worker: bool = False,
         shown = f"[{host}]" if ":" in host else host
         log.info("server_listening", url=f"ws://{shown}:{port}{srv.ws_path}", host=host, port=port,
                  node=app[NODE].node_id, event_loop=event_loop.name(loop))
+    flush_logs()  # the lines are out before anyone is told (a worker's parent, a script)
     if link is not None:
         link.ready(stop.set)  # and stop when the parent is gone
     await stop.wait()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
 from collections import deque
 from collections.abc import Set as AbstractSet
@@ -86,15 +87,29 @@ def _cork_for(loop: asyncio.AbstractEventLoop) -> _Cork:
     return cork
 
 
-def _limit_kernel_unsent(transport: asyncio.BaseTransport) -> None:
-    sock = transport.get_extra_info("socket")
+def limit_kernel_unsent(sock: Any) -> bool:
+    """Hold ``sock``'s unsent bytes in the kernel to ``KERNEL_UNSENT``; on a listening socket,
+    for every connection it accepts (Linux copies the option to them). Whether it was set."""
     if sock is None or _NOTSENT_LOWAT is None or sock.family not in (socket.AF_INET,
                                                                      socket.AF_INET6):
-        return
+        return False
     try:
         sock.setsockopt(socket.IPPROTO_TCP, _NOTSENT_LOWAT, KERNEL_UNSENT)
     except OSError:  # closed already, or a kernel without the option
-        pass
+        return False
+    return True
+
+
+#: whether an accepted socket has its listener's TCP_NOTSENT_LOWAT
+INHERITED_FROM_LISTENER = sys.platform.startswith("linux")
+
+
+def _limit_kernel_unsent(transport: asyncio.BaseTransport) -> None:
+    # a listener that set it already (http.handshake.listen) says so on its protocols: on uvloop
+    # each get_extra_info("socket").setsockopt builds a socket object, 3% of a connect storm
+    if getattr(transport.get_protocol(), "kernel_unsent_limited", False):  # type: ignore[attr-defined]
+        return
+    limit_kernel_unsent(transport.get_extra_info("socket"))
 
 
 class Connection:

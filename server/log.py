@@ -9,10 +9,14 @@ and JWT-shaped values masked, in case a library quotes a request line.
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import contextvars
 import functools
 import logging
 import re
 import sys
+import threading
 import time
 from typing import Any, MutableMapping, TextIO
 
@@ -39,15 +43,15 @@ _METHOD_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "msg": logging.I
                   "exception": logging.ERROR, "critical": logging.CRITICAL,
                   "fatal": logging.CRITICAL}
 _level = logging.INFO
-
-
-#: what every text that could hold a token has in it; the masking runs only on those
-_SECRET_HINT = re.compile(r"eyJ|token=|bearer", re.IGNORECASE)
+_sink: "LineSink | None" = None
 
 
 def scrub(text: str) -> str:
-    """``text`` with tokens masked."""
-    if _SECRET_HINT.search(text) is None:
+    """``text`` with tokens masked. The pattern runs only on a text with what every token's
+    text has in it (lower case: ``eyj``, ``token=``, ``bearer``): the test costs half a
+    microsecond on a log line, a case-blind pattern fifteen times that."""
+    low = text.lower()
+    if "eyj" not in low and "token=" not in low and "bearer" not in low:
         return text
     return _SECRET_TEXT.sub(lambda m: (m.group("prefix") or "") + REDACTED, text)
 
@@ -64,6 +68,40 @@ def _below_level(_: Any, method: str,
     return event
 
 
+_Emitting: Any = structlog.make_filtering_bound_logger(logging.DEBUG)
+
+
+def _gated(method: str, level: int) -> Any:
+    emit = getattr(_Emitting, method)
+
+    def meth(self: Any, event: str, *args: Any, **kw: Any) -> Any:
+        if level < _level:
+            return None  # below the level: returns at once (the processor raises DropEvent)
+        return emit(self, event, *args, **kw)
+    meth.__name__ = method
+    return meth
+
+
+class _Levelled(_Emitting):  # type: ignore[misc,valid-type]
+    """structlog's bound logger, each level's method checking the level of now (``set_level``,
+    a reload) before anything else: a line below it costs a comparison, not a trip through the
+    processors to a ``DropEvent`` (an exception per ``debug`` line). ``log`` and the ``a*``
+    methods are structlog's, filtered by ``_below_level``."""
+
+    debug = _gated("debug", logging.DEBUG)
+    info = msg = _gated("info", logging.INFO)
+    warning = warn = _gated("warning", logging.WARNING)
+    error = _gated("error", logging.ERROR)
+    exception = _gated("exception", logging.ERROR)
+    critical = fatal = _gated("critical", logging.CRITICAL)
+
+    def is_enabled_for(self, level: int) -> bool:
+        return level >= _level
+
+    def get_effective_level(self) -> int:
+        return _level
+
+
 def set_level(name: str) -> None:
     """Change the lowest level written, for every logger already made too (config reload)."""
     global _level
@@ -71,12 +109,35 @@ def set_level(name: str) -> None:
     logging.getLogger().setLevel(_level)
 
 
-def _redact(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
-    for key, value in event.items():
+def _redact_keys(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    for key in event:
         if _secret_key(key):
             event[key] = REDACTED
-        elif isinstance(value, str) and _SECRET_HINT.search(value) is not None:
-            event[key] = scrub(value)
+    return event
+
+
+def _scrub_line(_: Any, __: str, line: Any) -> Any:
+    """After the renderer: the whole line, every value and exception text in it, at once (JSON
+    escaping keeps the three hints; the pattern stops at a quote or backslash)."""
+    return scrub(line) if isinstance(line, str) else line
+
+
+def _json_line(logger: Any, method: str, event: dict[str, Any]) -> str:
+    """``_stamp``, ``_exc_text``, ``_redact_keys``, the JSON renderer and ``_scrub_line``, in
+    that order, as one processor."""
+    _stamp(logger, method, event)
+    if "exc_info" in event:
+        event = structlog.processors.format_exc_info(logger, method, event)
+    for key in event:
+        if _secret_key(key):
+            event[key] = REDACTED
+    return scrub(_json(event))
+
+
+def _exc_text(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog's ``format_exc_info``, called only for an event that carries ``exc_info``."""
+    if "exc_info" in event:
+        return structlog.processors.format_exc_info(logger, method, event)  # type: ignore[no-any-return]
     return event
 
 
@@ -90,16 +151,153 @@ _second = -1
 _second_text = ""
 
 
-def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """``timestamp``: UTC, RFC 3339 with microseconds, as structlog's ``TimeStamper(fmt="iso")``
-    writes it; the date and time are formatted once a second."""
+#: structlog method -> the ``level`` written (structlog's ``add_log_level`` names)
+_LEVEL_NAMES = {"warn": "warning", "exception": "error"}
+
+
+#: fields for every line logged in this context (the connection's task: ``conn_id`` and
+#: ``user_id``; a worker: ``worker``), whichever logger writes it, aiohttp's included
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "switchboard_log_context", default=None)
+
+
+def bind_context(**fields: Any) -> contextvars.Token[dict[str, Any] | None]:
+    """Add ``fields`` to every line logged from here on in this task (and the tasks it starts);
+    ``reset_context`` with the returned token takes them off. One variable for all of them:
+    structlog's ``bind_contextvars`` sets one per field and its merge walks the whole context,
+    a twentieth of a connect storm's time."""
+    current = _context.get()
+    return _context.set({**current, **fields} if current else fields)
+
+
+def reset_context(token: contextvars.Token[dict[str, Any] | None]) -> None:
+    _context.reset(token)
+
+
+def _context_fields(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    fields = _context.get()
+    if fields:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+    return event
+
+
+def _stamp(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The context's fields (``bind_context``), ``level``, then ``timestamp``: UTC, RFC 3339
+    with microseconds, as structlog's ``add_log_level`` and ``TimeStamper(fmt="iso")`` write
+    them, in one step; the date and time are formatted once a second."""
     global _second, _second_text
+    fields = _context.get()
+    if fields:
+        for key, value in fields.items():
+            event.setdefault(key, value)
+    event["level"] = _LEVEL_NAMES.get(method, method)
     now = time.time()
     second = int(now)
     if second != _second:
         _second, _second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
     event["timestamp"] = f"{_second_text}.{int((now - second) * 1_000_000):06d}Z"
     return event
+
+
+#: a pipe takes a write of up to this many bytes whole (POSIX PIPE_BUF): the workers of
+#: ``--workers`` share stderr, so no write may carry more than this unless it is one long line
+_WHOLE_WRITE = 4096
+#: pending lines are written at once past this many characters (a turn that logs a lot)
+_MOST_PENDING = 65536
+
+
+class LineSink:
+    """Where every log line goes: one ``write()`` per loop turn for all the lines of that turn
+    (in chunks a pipe never splits), not one or two per line (``print`` writes a line and its
+    newline apart on an unbuffered stderr, e.g. ``PYTHONUNBUFFERED=1``). A connect storm logs
+    three lines a connection; their writes were a tenth of its CPU time. Lines logged outside a
+    running loop (start-up, another thread, the CLI) are written at once; what is pending when
+    the process exits is written by an ``atexit`` hook. A line waits at most one loop turn."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self._pending: list[str] = []
+        self._size = 0
+        self._lock = threading.Lock()
+        #: the loop whose next turn flushes, and its thread (None: nothing scheduled)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = 0
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            self._pending.append(line)
+            self._size += len(line) + 1
+            if self._size < _MOST_PENDING:
+                loop = self._loop
+                if loop is not None and loop.is_running() and self._thread == threading.get_ident():
+                    return  # this turn's flush is scheduled already
+                try:  # once a turn: on Python 3.11 it costs a getpid() system call
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    loop = None
+                if loop is not None:
+                    self._loop, self._thread = loop, threading.get_ident()
+                    loop.call_soon(self.flush)
+                    return
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            lines, self._pending, self._size, self._loop = self._pending, [], 0, None
+            if not lines:
+                return
+            chunk: list[str] = []
+            size = 0
+            try:
+                for line in lines:
+                    if chunk and size + len(line) + 1 > _WHOLE_WRITE:
+                        self._write(chunk)
+                        chunk, size = [], 0
+                    chunk.append(line)
+                    size += len(line) + 1
+                self._write(chunk)
+            except (OSError, ValueError):  # stderr closed or gone: nowhere to say it
+                pass
+
+    def _write(self, lines: list[str]) -> None:
+        lines.append("")
+        self.stream.write("\n".join(lines))
+        self.stream.flush()
+
+
+def flush_logs() -> None:
+    """Write the pending lines now: before telling another process something that a line logged
+    before it should precede (``server_listening`` before a worker's ``ready``), and at exit."""
+    if _sink is not None:
+        _sink.flush()
+
+
+atexit.register(flush_logs)
+
+
+class _SinkLogger:
+    """structlog's logger: every method writes the rendered line to the sink."""
+
+    def __init__(self, sink: LineSink) -> None:
+        self.sink = sink
+        self.msg = self.log = self.debug = self.info = self.warn = self.warning = sink.write
+        self.err = self.error = self.critical = self.exception = self.fatal = sink.write
+
+
+class _SinkHandler(logging.Handler):
+    """The standard library's records (aiohttp, asyncio, warnings), through the same sink so
+    they keep their order among structlog's lines."""
+
+    def __init__(self, sink: LineSink) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.sink.write(self.format(record))
+        except Exception:  # noqa: BLE001 (logging's own contract: report, never raise)
+            self.handleError(record)
 
 
 class _SharedLogger:
@@ -128,36 +326,42 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     fmt = config.format
     if fmt == "auto":
         fmt = "console" if stream.isatty() else "json"
+    global _sink
+    if _sink is not None:
+        _sink.flush()
+    sink = _sink = LineSink(stream)
     renderer: Any = (structlog.dev.ConsoleRenderer(colors=True) if fmt == "console"
                      else structlog.processors.JSONRenderer(serializer=_json))
-    # exceptions become text here, before the scrub; the console renderer then prints that text
-    # instead of a rich traceback with local variables (where a token would show)
-    finish = [structlog.processors.format_exc_info, _redact, renderer]
+    # exceptions become text before the renderer, which the scrub then masks along with every
+    # other value; the console renderer prints that text instead of a rich traceback with local
+    # variables (where a token would show)
+    finish = [_redact_keys, renderer, _scrub_line]
     structlog.configure(
         processors=[
             _below_level,
             structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            _timestamp,
-            *finish,
+            # JSON: the steps below in one call (three lines a connection in a connect storm)
+            *([_json_line] if fmt == "json" else [_stamp, _exc_text, *finish]),
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        wrapper_class=_Levelled,
         # one writer for every logger (a bound logger per connection would otherwise make its
         # own on first use, and look up the stream's lock again)
-        logger_factory=_SharedLogger(structlog.PrintLogger(stream)),
+        logger_factory=_SharedLogger(_SinkLogger(sink)),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream)
+    handler = _SinkHandler(sink)
     handler.set_name(_HANDLER_NAME)
     handler.addFilter(_ClientErrorsAsWarnings())
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.contextvars.merge_contextvars,
+            _context_fields,
             structlog.stdlib.add_log_level,
             structlog.stdlib.add_logger_name,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
         ],
-        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *finish],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.format_exc_info, *finish],
     ))
     root = logging.getLogger()
     for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:

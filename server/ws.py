@@ -22,6 +22,7 @@ from .http.guards import GUARD, Lease
 from .http.handshake import request_done
 from .http.wire import MaskGuard, answer_close
 from .http.openapi import describe
+from .log import bind_context, reset_context
 from .keys import NODE, PIPELINE, REGISTRY
 from .lifecycle import close_connection, open_connection
 from .node import Node
@@ -113,7 +114,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             conn = Connection(ws, user, remote=lease.ip,
                               request=request, max_bytes=node.config.server.write_buffer_size,
                               max_messages=node.config.server.max_queued_messages)
-            structlog.contextvars.bind_contextvars(conn_id=conn.id, user_id=user.id)
+            context = bind_context(conn_id=conn.id, user_id=user.id)
             registry, pipeline = request.app[REGISTRY], request.app[PIPELINE]
             try:
                 await open_connection(node, registry, conn, claims,
@@ -125,7 +126,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 try:
                     await close_connection(node, registry, conn)
                 finally:
-                    structlog.contextvars.unbind_contextvars("conn_id", "user_id")
+                    reset_context(context)
             return ws
         finally:
             lease.release()

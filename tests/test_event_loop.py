@@ -3,7 +3,7 @@ test extra too) and on asyncio's own loop. On each: the loop in use is reported 
 ``server_listening`` line, ``GET /api/stats``, the ``switchboard_info`` metric); two WebSocket
 clients chat; a half-sent request line is cut after ``server.handshake_timeout`` (the
 ``HeaderDeadline`` protocol in front of aiohttp's); an unmasked frame is refused with 1002
-(``MaskGuard``, swapped in with ``transport.set_protocol``); SIGHUP reloads (a changed loop
+(``MaskGuard``, behind the listener's ``HeaderDeadline``); SIGHUP reloads (a changed loop
 waits for a restart); SIGTERM closes the clients with 1001. ``auto`` is uvloop when installed;
 with uvloop not importable, ``auto`` is asyncio and ``uvloop`` is a config error naming
 ``server.event_loop``. ``--workers`` processes run on the configured loop too.
@@ -228,6 +228,62 @@ def test_uvloop_transports_take_the_server_socket_options() -> None:
         name, lowat, high_water = runner.run(main())
     assert (name, lowat) == ("uvloop", KERNEL_UNSENT)
     assert high_water > 0
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_the_listener_limits_what_every_accepted_socket_leaves_unsent(loop: str) -> None:
+    """``http.handshake.listen`` sets TCP_NOTSENT_LOWAT once, on the listening socket before it
+    listens; Linux copies it to every socket it accepts, so a connection need not set it again
+    (its protocol says so: on uvloop each setsockopt through the transport builds a socket)."""
+    if not hasattr(socket, "TCP_NOTSENT_LOWAT") or not sys.platform.startswith("linux"):
+        pytest.skip("the listener passes TCP_NOTSENT_LOWAT on only on Linux")
+    from aiohttp import web
+
+    from server.http import handshake
+    from server.http.wire import MaskGuard
+
+    async def main() -> list[tuple[int, bool]]:
+        seen: list[tuple[int, bool]] = []
+
+        async def hello(request: web.Request) -> web.Response:
+            transport = request.transport
+            assert transport is not None
+            sock = transport.get_extra_info("socket")
+            seen.append((sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT),
+                         transport.get_protocol().kernel_unsent_limited))  # type: ignore[attr-defined]
+            return web.Response(text="hi")
+
+        async def upgraded(request: web.Request) -> web.WebSocketResponse:
+            ws = web.WebSocketResponse()
+            await ws.prepare(request)
+            MaskGuard.install(request)  # as server/ws.py does: the guard answers for the socket
+            await hello(request)
+            await ws.close()
+            return ws
+
+        app = web.Application(middlewares=[handshake.headers_read])
+        app.router.add_get("/", hello)
+        app.router.add_get("/ws", upgraded)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        listener = await handshake.listen(runner, "127.0.0.1", 0, timeout=WAIT)
+        port = listener.sockets[0].getsockname()[1]
+        try:
+            for _ in range(2):  # a fresh connection each time
+                async with aiohttp.ClientSession() as session, \
+                        session.get(f"http://127.0.0.1:{port}/") as resp:
+                    assert await resp.text() == "hi"
+            async with aiohttp.ClientSession() as session, \
+                    session.ws_connect(f"http://127.0.0.1:{port}/ws") as ws:
+                await ws.receive()
+        finally:
+            listener.close()
+            await runner.cleanup()
+        return seen
+
+    with event_loop.runner(loop) as runner:
+        seen = runner.run(main())
+    assert seen == [(KERNEL_UNSENT, True)] * 3
 
 
 def test_the_settings_choose_the_loop() -> None:

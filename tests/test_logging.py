@@ -21,7 +21,7 @@ import structlog
 from structlog.testing import capture_logs
 
 from server.config import LoggingConfig
-from server.log import configure_logging
+from server.log import bind_context, configure_logging, reset_context
 from server.plugin_api import Context, Plugin, handles
 from tests.conftest import SECRET, WS, Connect, make_token
 
@@ -258,3 +258,113 @@ def test_tokens_masked_in_messages_fields_and_tracebacks(fmt: str) -> None:
     assert "rooms=a" in text and "ValueError" in text and text.count("[redacted]") >= 5
     for secret in (token, token[:70], token.rsplit(".", 1)[1], token.split(".")[1]):
         assert secret not in text
+
+
+# --- one write a loop turn -------------------------------------------------------------------
+class CountingStream(io.StringIO):
+    """A stream that keeps each ``write`` apart, as the system calls they become."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_the_lines_of_a_loop_turn_go_out_in_one_write_in_order() -> None:
+    stream = CountingStream()
+    configure_logging(LoggingConfig(format="json"), stream)
+    log = structlog.get_logger("t")
+
+    async def main() -> list[str]:
+        log.info("first", n=1)
+        logging.getLogger("aiohttp.server").warning("second")  # the standard library's, between
+        log.info("third", n=3)
+        pending = list(stream.writes)
+        await asyncio.sleep(0)  # the next turn
+        await asyncio.sleep(0)
+        return pending
+
+    assert asyncio.run(main()) == []  # nothing written within the turn
+    assert len(stream.writes) == 1 and stream.writes[0].endswith("\n")
+    events = [json.loads(line)["event"] for line in stream.writes[0].splitlines()]
+    assert events == ["first", "second", "third"]
+    log.info("outside_a_loop")  # start-up, the CLI: at once
+    assert len(stream.writes) == 2 and json.loads(stream.writes[1])["event"] == "outside_a_loop"
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_no_write_splits_a_line_or_passes_what_a_pipe_keeps_whole() -> None:
+    """The workers of ``--workers`` share stderr: a write of up to 4 KiB to a pipe is never
+    interleaved with another process's, so a turn's lines go in chunks of whole lines."""
+    stream = CountingStream()
+    configure_logging(LoggingConfig(format="json"), stream)
+    log = structlog.get_logger("t")
+
+    async def main() -> None:
+        for n in range(100):
+            log.info("busy", n=n, filler="x" * 150)
+        log.info("long", filler="y" * 6000)  # a line longer than 4 KiB: a write of its own
+        await asyncio.sleep(0)
+
+    asyncio.run(main())
+    assert len(stream.writes) > 1
+    for text in stream.writes:
+        assert text.endswith("\n")
+        assert len(text.encode()) <= 4096 or text.count("\n") == 1
+    lines = "".join(stream.writes).splitlines()
+    assert [json.loads(line).get("n") for line in lines] == [*range(100), None]
+
+
+def test_a_line_pending_at_exit_is_written(tmp_path: Path) -> None:
+    script = ("import asyncio, structlog\n"
+              "from server.config import LoggingConfig\n"
+              "from server.log import configure_logging\n"
+              "configure_logging(LoggingConfig(format='json'))\n"
+              "async def main():\n"
+              "    structlog.get_logger('t').info('last_words')\n"
+              "    raise SystemExit(3)\n"
+              "loop = asyncio.new_event_loop()\n"
+              "loop.run_until_complete(main())\n")
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 3
+    assert [json.loads(line)["event"] for line in done.stderr.splitlines()] == ["last_words"]
+
+
+@pytest.mark.usefixtures("restore_logging")
+def test_a_connections_fields_are_on_every_line_of_its_task_whoever_logs_it() -> None:
+    """``bind_context`` (the WebSocket handler binds ``conn_id`` and ``user_id``): structlog's
+    module loggers and the standard library's (aiohttp's, a plugin's own) write them too, in
+    that task and the tasks it starts; not after ``reset_context``, nor in other tasks."""
+    stream = io.StringIO()
+    configure_logging(LoggingConfig(format="json"), stream)
+
+    async def connection() -> None:
+        token = bind_context(conn_id="c9", user_id="u9")
+        structlog.get_logger("plugins.thing").info("from_structlog")
+        logging.getLogger("thirdparty").warning("from_stdlib")
+        await asyncio.get_running_loop().create_task(child())
+        reset_context(token)
+        structlog.get_logger("t").info("after_reset")
+
+    async def child() -> None:
+        structlog.get_logger("t").info("from_a_child_task")
+
+    async def main() -> None:
+        await asyncio.gather(connection(), other())
+        await asyncio.sleep(0)
+
+    async def other() -> None:
+        structlog.get_logger("t").info("other_task")
+
+    asyncio.run(main())
+    lines = {e["event"]: e for e in map(json.loads, stream.getvalue().splitlines())}
+    for name in ("from_structlog", "from_stdlib", "from_a_child_task"):
+        assert (lines[name]["conn_id"], lines[name]["user_id"]) == ("c9", "u9"), name
+    assert "conn_id" not in lines["after_reset"] and "conn_id" not in lines["other_task"]

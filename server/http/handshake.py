@@ -19,28 +19,35 @@ then a no-op.
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, cast
+from typing import Awaitable, Callable, TypeVar, cast
 
 import structlog
 from aiohttp import web
 
+from ..connection import INHERITED_FROM_LISTENER, limit_kernel_unsent
 from ..keys import WS_ROUTE
 
 log = structlog.get_logger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_P = TypeVar("_P", bound=asyncio.Protocol)
 
 
 class HeaderDeadline(asyncio.Protocol):
     """One connection: aiohttp's protocol (``inner``) behind a clock on its request headers."""
 
-    __slots__ = ("_inner", "_timeout", "_transport", "_timer", "_busy")
+    __slots__ = ("_inner", "_timeout", "_loop", "_transport", "_timer", "_busy",
+                 "kernel_unsent_limited")
 
-    def __init__(self, inner: asyncio.Protocol, timeout: float) -> None:
+    def __init__(self, inner: asyncio.Protocol, timeout: float,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._inner = inner
         self._timeout = timeout
+        self._loop = loop
         self._transport: asyncio.Transport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._busy = False  # between a request's complete headers and its handler's end
+        #: the listener limited this socket's unsent bytes (``listen``): Connection need not
+        self.kernel_unsent_limited = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # a stream transport, though on uvloop not a subclass of asyncio's: no isinstance check
@@ -66,6 +73,14 @@ class HeaderDeadline(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._inner.resume_writing()
 
+    def insert(self, make: Callable[[asyncio.Protocol], _P]) -> _P:
+        """Put ``make(aiohttp's protocol)`` between this one and aiohttp's, for the bytes still
+        to come (``MaskGuard``): what ``transport.set_protocol`` does, without uvloop's restart
+        of reading that comes with it (two epoll changes per connection)."""
+        inserted = make(self._inner)
+        self._inner = inserted
+        return inserted
+
     def request_started(self) -> None:
         """The request's headers are complete: stop the clock."""
         self._busy = True
@@ -76,7 +91,9 @@ class HeaderDeadline(asyncio.Protocol):
         self._busy = False
 
     def _start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         self._timer = loop.call_later(self._timeout, self._expired)
 
     def _stop(self) -> None:
@@ -144,9 +161,18 @@ async def listen(runner: web.AppRunner, host: str, port: int, *, timeout: float,
         # without it no request would ever stop its clock: every connection would be cut
         raise RuntimeError("the app has no headers_read middleware")
 
-    def protocol() -> asyncio.Protocol:
-        return HeaderDeadline(server(), timeout)
-
+    limited = False
     loop = asyncio.get_running_loop()
-    return await loop.create_server(protocol, host, port, backlog=backlog, reuse_address=True,
-                                    reuse_port=reuse_port)
+
+    def protocol() -> asyncio.Protocol:
+        deadline = HeaderDeadline(server(), timeout, loop)
+        deadline.kernel_unsent_limited = limited
+        return deadline
+
+    listener = await loop.create_server(protocol, host, port, backlog=backlog,
+                                        reuse_address=True, reuse_port=reuse_port,
+                                        start_serving=False)
+    # set before listen(), once for every connection if the kernel passes it on (Linux)
+    limited = INHERITED_FROM_LISTENER and all([limit_kernel_unsent(s) for s in listener.sockets])
+    await listener.start_serving()
+    return listener

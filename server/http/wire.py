@@ -12,6 +12,7 @@ import structlog
 from aiohttp import web
 
 from ..protocol import CloseCode
+from .handshake import HeaderDeadline
 
 log = structlog.get_logger("server.ws")
 
@@ -31,7 +32,8 @@ async def answer_close(ws: web.WebSocketResponse, msg: Any) -> None:
 class MaskGuard(asyncio.Protocol):
     """Refuses unmasked client frames (RFC 6455 5.1: close 1002), which aiohttp accepts and whose
     mask bit its reader does not expose. Installed between an upgraded connection's socket and
-    aiohttp's protocol (public asyncio ``transport.set_protocol``), it follows the frame headers
+    aiohttp's protocol (behind our listener's ``HeaderDeadline``, else with asyncio's public
+    ``transport.set_protocol``), it follows the frame headers
     of the client's bytes and passes them on unchanged; at the first unmasked frame it writes a
     close 1002 and closes the socket, and that frame never reaches aiohttp. Bytes that arrived
     together with the upgrade request (before the 101) are not seen: a client cannot have read
@@ -52,9 +54,18 @@ class MaskGuard(asyncio.Protocol):
         transport = request.transport  # uvloop's is not an asyncio.Transport: no isinstance
         if transport is None or transport.is_closing():
             return None
-        guard = cls(transport, transport.get_protocol())  # type: ignore[arg-type]
+        front = transport.get_protocol()
+        if isinstance(front, HeaderDeadline):  # our listener's: the guard goes behind it
+            return front.insert(lambda inner: cls(transport, inner))  # type: ignore[arg-type]
+        guard = cls(transport, front)  # type: ignore[arg-type]
         transport.set_protocol(guard)
         return guard
+
+    @property
+    def kernel_unsent_limited(self) -> bool:
+        """Whether the listener limited the socket's unsent bytes, as the protocol this one
+        stands in front of says (``HeaderDeadline``; server/connection.py asks)."""
+        return bool(getattr(self._inner, "kernel_unsent_limited", False))
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
