@@ -155,7 +155,8 @@ class PresencePlugin(Plugin[PresenceConfig]):
         store = self.node.presence
         if await store.mark_online(user.id):
             rooms = await self.node.user_rooms(user.id)
-            await self._announce(user, "online", rooms, await store.last_seen(user.id))
+            if rooms:  # in no room, no one to tell
+                await self._announce(user, "online", rooms, await store.last_seen(user.id))
 
     async def on_disconnect(self, ctx: Context[PresenceConfig]) -> None:
         user = ctx.user

@@ -89,7 +89,7 @@ async def _open(node: Node, registry: Registry, conn: Connection, claims: dict[s
         "expires_at": int(exp) if exp is not None else None,
         "node": node.node_id,
     }, reply_to=reply_to)
-    conn.log.info("connection_opened", remote=conn.remote, rooms=sorted(conn.rooms))
+    conn.task_log.info("connection_opened", remote=conn.remote, rooms=sorted(conn.rooms))
     for plugin in registry.plugins:
         try:
             await plugin.on_connect(Context(conn, None, node, plugin))

@@ -22,7 +22,7 @@ from .http.guards import GUARD, Lease
 from .http.handshake import request_done
 from .http.wire import MaskGuard, answer_close
 from .http.openapi import describe
-from .log import bind_context, reset_context
+from .log import bind_connection, unbind_connection
 from .keys import NODE, PIPELINE, REGISTRY
 from .lifecycle import close_connection, open_connection
 from .node import Node
@@ -114,7 +114,7 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
             conn = Connection(ws, user, remote=lease.ip,
                               request=request, max_bytes=node.config.server.write_buffer_size,
                               max_messages=node.config.server.max_queued_messages)
-            context = bind_context(conn_id=conn.id, user_id=user.id)
+            bind_connection(conn)  # conn_id, user_id on every line of this task
             registry, pipeline = request.app[REGISTRY], request.app[PIPELINE]
             try:
                 await open_connection(node, registry, conn, claims,
@@ -123,10 +123,10 @@ async def websocket_handler(request: web.Request) -> web.StreamResponse:
                 if guard is not None and guard.refused:
                     conn.close_code = CloseCode.PROTOCOL_ERROR
             finally:
-                try:
-                    await close_connection(node, registry, conn)
-                finally:
-                    reset_context(context)
+                # before the on_disconnect hooks: a task they start (presence's departure timer)
+                # copies this context, and would keep the connection for its whole life
+                unbind_connection()
+                await close_connection(node, registry, conn)
             return ws
         finally:
             lease.release()

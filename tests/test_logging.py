@@ -13,6 +13,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -21,7 +22,8 @@ import structlog
 from structlog.testing import capture_logs
 
 from server.config import LoggingConfig
-from server.log import bind_context, configure_logging, reset_context
+from server.log import (bind_connection, bind_context, configure_logging, merge_context,
+                        reset_context)
 from server.plugin_api import Context, Plugin, handles
 from tests.conftest import SECRET, WS, Connect, make_token
 
@@ -149,7 +151,7 @@ async def test_no_token_in_any_log_line_of_the_real_server(server_process: Serve
 # --- the level policy, through capture_logs ---------------------------------------------------
 @pytest.fixture
 def logs() -> Iterator[list[dict[str, Any]]]:
-    with capture_logs() as captured:
+    with capture_logs(processors=[merge_context]) as captured:  # conn_id, user_id of the task
         yield captured
 
 
@@ -339,32 +341,37 @@ def test_a_line_pending_at_exit_is_written(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("restore_logging")
 def test_a_connections_fields_are_on_every_line_of_its_task_whoever_logs_it() -> None:
-    """``bind_context`` (the WebSocket handler binds ``conn_id`` and ``user_id``): structlog's
-    module loggers and the standard library's (aiohttp's, a plugin's own) write them too, in
-    that task and the tasks it starts; not after ``reset_context``, nor in other tasks."""
+    """``bind_connection`` (the WebSocket handler's, with its Connection): structlog's module
+    loggers and the standard library's (aiohttp's, a plugin's own) write its ``conn_id`` and
+    ``user_id`` in that task and the tasks it starts, not in other tasks; ``bind_context``
+    fields (a worker's number) go on every line until ``reset_context``."""
     stream = io.StringIO()
     configure_logging(LoggingConfig(format="json"), stream)
+    conn = SimpleNamespace(id="c9", user=SimpleNamespace(id="u9"))  # what a Connection has
 
     async def connection() -> None:
-        token = bind_context(conn_id="c9", user_id="u9")
+        bind_connection(conn)
         structlog.get_logger("plugins.thing").info("from_structlog")
         logging.getLogger("thirdparty").warning("from_stdlib")
         await asyncio.get_running_loop().create_task(child())
-        reset_context(token)
-        structlog.get_logger("t").info("after_reset")
 
     async def child() -> None:
         structlog.get_logger("t").info("from_a_child_task")
 
-    async def main() -> None:
-        await asyncio.gather(connection(), other())
-        await asyncio.sleep(0)
-
     async def other() -> None:
         structlog.get_logger("t").info("other_task")
+
+    async def main() -> None:
+        token = bind_context(worker=2)
+        await asyncio.gather(asyncio.create_task(connection()), asyncio.create_task(other()))
+        reset_context(token)
+        structlog.get_logger("t").info("after_reset")
+        await asyncio.sleep(0)
 
     asyncio.run(main())
     lines = {e["event"]: e for e in map(json.loads, stream.getvalue().splitlines())}
     for name in ("from_structlog", "from_stdlib", "from_a_child_task"):
         assert (lines[name]["conn_id"], lines[name]["user_id"]) == ("c9", "u9"), name
-    assert "conn_id" not in lines["after_reset"] and "conn_id" not in lines["other_task"]
+        assert lines[name]["worker"] == 2
+    assert "conn_id" not in lines["other_task"] and lines["other_task"]["worker"] == 2
+    assert "worker" not in lines["after_reset"]
