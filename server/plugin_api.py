@@ -368,7 +368,14 @@ class Context(Generic[C]):
     async def ack(self, data: dict[str, Any] | None = None) -> None:
         """Accept the client's frame. A handler that also sends the frame on (to a room, a
         user) sends it first and acks after, so that the ack carries its ``id``/``offset``;
-        the sender's own other connections get their copy before this ack is queued."""
+        the sender's own other connections get their copy before this ack is queued. When the
+        content filter masked the frame's text, the ack also carries ``content`` as it went to
+        the others and ``filtered: true`` (PROTOCOL: the sender sees what the others saw)."""
+        envelope = self.envelope
+        if envelope is not None and envelope.filtered:
+            data = {**(data or {})}
+            data.setdefault("content", envelope.data.get("content"))
+            data.setdefault("filtered", True)
         await self.reply("ack", data or {})
 
     def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:

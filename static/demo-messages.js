@@ -97,6 +97,12 @@ async function send() {
     item.pending = false;
     item.node?.classList.remove("pending");
     if (item.node) item.node.dataset.id = ack.id;
+    if (ack.filtered) {
+      // the filter masked the text: show the sender what everyone else got
+      frame.data.content = ack.content;
+      const text = item.node?.querySelector(".msg-text");
+      if (text) text.textContent = String(ack.content ?? "");
+    }
   } catch (err) {
     item.node?.classList.add("failed");
     item.node?.querySelector(".msg-text")?.append(el("span", { class: "small", text: ` (not sent: ${err.message})` }));

@@ -69,9 +69,12 @@ async def test_masking_changes_what_members_get(make_server: Any) -> None:
     connect = connector(client)
     await connect("u", query={"rooms": "lobby"})
     other = await connect("v", query={"rooms": "lobby"})
-    status, _, _ = await post(client, {"room": "lobby", "content": "oh darn it"}, bearer("u"))
+    status, body, _ = await post(client, {"room": "lobby", "content": "oh darn it"}, bearer("u"))
     assert status == 200
     assert (await other.recv_type("message"))["data"]["content"] == "oh **** it"
+    assert body["content"] == "oh **** it" and body["filtered"] is True  # as the others got it
+    status, body, _ = await post(client, {"room": "lobby", "content": "all fine"}, bearer("u"))
+    assert status == 200 and "filtered" not in body and "content" not in body
 
 
 async def test_the_rate_limit_is_the_users_over_http_and_websocket(make_server: Any) -> None:

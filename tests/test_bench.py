@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,35 @@ async def test_each_test_type_with_tiny_counts(tmp_path: Path, make_server: Any,
     for label in ("connections/s", "connect ms p50/p99", "deliveries/s", "latency ms p50/p90/p99/max",
                   "messages lost", "server RSS MiB"):
         assert label in table
+
+
+async def test_a_saturated_run_is_marked_and_strict_fails_it(tmp_path: Path, make_server: Any) -> None:
+    """Deliveries that queue (p99 above the time between messages) mark the test saturated: "yes"
+    in the table, the reason in the JSON and a warning; the exit status stays 0 unless
+    ``--strict``. A run well within its limits is not marked."""
+    server = await make_server()
+    flood = ("--test-type", "fanout", "--connections", "4", "--rooms", "1", "--messages", "5",
+             "--message-interval", "0.001", "--drain-timeout", "2")
+    code, report, table, err = await bench(tmp_path, ws_url(server), *flood)
+    assert code == 0, err + table
+    assert report is not None
+    result = report["tests"]["fanout"]
+    assert result["saturated"] is True
+    assert any(r.startswith("deliveries queued (latency p99") for r in result["saturation"])
+    assert report["warnings"] and report["problems"] == []
+    assert re.search(r"saturated\s*│\s*yes", table)
+    assert "WARNING: saturated: fanout: deliveries queued" in table
+
+    code, report, table, err = await bench(tmp_path, ws_url(server), *flood, "--strict")
+    assert code == 1, err + table
+    assert report is not None and report["problems"] == ["saturated (--strict): fanout"]
+
+    calm = ("--test-type", "fanout", "--connections", "4", "--rooms", "1", "--messages", "3",
+            "--message-interval", "200", "--drain-timeout", "2")
+    code, report, table, err = await bench(tmp_path, ws_url(server), *calm, "--strict")
+    assert code == 0, err + table
+    assert report is not None and report["tests"]["fanout"]["saturated"] is False
+    assert re.search(r"saturated\s*│\s*no", table) and "WARNING" not in table
 
 
 async def test_failures_by_reason_against_max_errors(tmp_path: Path, make_server: Any) -> None:

@@ -105,8 +105,10 @@ async def run_cli(tmp_path: Path, *args: str, stdin: bytes = b"") -> tuple[int, 
 
 @pytest.fixture
 async def server(make_server: Any) -> TestClient:
-    """Chat, typing, presence and notification on."""
-    client: TestClient = await make_server({"plugins": {"enabled": PLUGINS}})
+    """Chat, typing, presence and notification on; the filter masks "darn"."""
+    client: TestClient = await make_server({
+        "plugins": {"enabled": PLUGINS},
+        "messages": {"filter": {"enabled": True, "action": "mask", "words": ["darn"]}}})
     return client
 
 
@@ -241,6 +243,21 @@ async def test_reconnects_and_rejoins_with_since(tmp_path: Path, server: TestCli
     assert code == 0 and "closed 4010 (heartbeat timeout): reconnecting in" in err
 
 
+async def test_a_script_that_ends_while_the_connection_is_lost_exits_1(tmp_path: Path,
+                                                                       make_server: Any) -> None:
+    server: TestClient = await make_server({"plugins": {"enabled": PLUGINS}})
+    cli = await start_cli(tmp_path, ws_url(server), "--username", "ivy")
+    await cli.expect("connected")
+    await cli.send("join lobby")
+    await cli.expect("joined", reply_to="c1")
+    await server.server.close()  # the server goes (1001) and does not come back
+    assert (await cli.expect("client.disconnected"))["data"]["code"] == 1001
+    code, err = await cli.finish()  # the end of the script, while it is still retrying
+    assert code == 1, err
+    assert "reconnecting in" in err
+    assert "the connection was lost and is not back at the end of the script" in err
+
+
 async def test_a_final_close_is_not_retried(tmp_path: Path, server: TestClient) -> None:
     cli = await start_cli(tmp_path, ws_url(server), "--username", "frank")
     await cli.expect("connected")
@@ -330,6 +347,9 @@ async def test_interactive_session(tmp_path: Path, server: TestClient) -> None:
         assert message["data"]["content"] == "hi bob" and message["from"]["username"] == "alice"
         on_loop(bob.request("message", room="lobby", data={"content": "hello alice"}))
         child.expect(styled("#lobby ", "bob: ", "hello alice"))  # printed above the prompt
+        child.sendline("text oh darn it")  # the sender is shown what bob got
+        child.expect(styled(", delivered as ", "oh **** it"))
+        assert on_loop(bob.recv_type("message"))["data"]["content"] == "oh **** it"
         child.sendline("ping")
         child.expect(r"pong\s+(?:\x1b\[0m)?\d+\.\d\d ms")
         child.sendline("help")
@@ -341,6 +361,30 @@ async def test_interactive_session(tmp_path: Path, server: TestClient) -> None:
 
     await asyncio.wait_for(asyncio.to_thread(session), 4 * TIMEOUT)
     assert "join lobby" in (tmp_path / ".switchboard_history").read_text()
+
+
+async def test_the_prompt_shows_the_room_joined_on_connect(tmp_path: Path, make_server: Any) -> None:
+    """``rooms.default_rooms`` joins alice to general as she connects: that is her current room
+    (the prompt says so and ``text`` goes there); a room of one is "1 member"."""
+    server: TestClient = await make_server({"plugins": {"enabled": PLUGINS},
+                                            "rooms": {"default_rooms": ["general"]}})
+    bob = await connector(server)("bob", username="bob")
+    loop = asyncio.get_running_loop()
+
+    def session() -> None:
+        child = spawn(tmp_path, ws_url(server))
+        child.expect(r"alice@general>")
+        child.sendline("text hello general")
+        child.expect(r"ack")
+        message = asyncio.run_coroutine_threadsafe(bob.recv_type("message"), loop).result(TIMEOUT)
+        assert message["room"] == "general" and message["data"]["content"] == "hello general"
+        child.sendline("join solo")
+        child.expect(styled("joined       ", "#solo", " (1 member)"))
+        child.expect(r"alice@solo>")
+        child.sendline("quit")
+        assert_terminal_restored(child, 0)
+
+    await asyncio.wait_for(asyncio.to_thread(session), 4 * TIMEOUT)
 
 
 @pytest.mark.parametrize(("key", "status"), [("\x04", 0), ("\x03", 130)], ids=["ctrl-d", "ctrl-c"])

@@ -265,6 +265,20 @@ async def test_filter_mask_changes_only_the_matches(make_server: MakeServer) -> 
     assert got["data"] == {"content": "****: I love ***, ****. darned abc++ f*cking",
                            "meta": {"k": [1, "darn"]}}
     assert got["id"] == ack["data"]["id"] and got["from"] == {"id": "u2", "username": "bob"}
+    # the sender is told what the others got
+    assert ack["data"]["content"] == got["data"]["content"] and ack["data"]["filtered"] is True
+    clean = await bob.request("message", room="r", data={"content": "all fine"})
+    assert set(clean["data"]) == {"id", "offset"}  # nothing masked: nothing more said
+
+
+async def test_a_masked_private_message_is_acked_with_what_was_delivered(
+        make_server: MakeServer) -> None:
+    connect = await serve(make_server, **filtered("mask", ["darn"]))
+    alice, bob = await connect("u1", username="alice"), await connect("u2", username="bob")
+    ack = await bob.request("message", to="u1", data={"content": "darn you"})
+    got = await alice.recv_type("message")
+    assert got["data"]["content"] == ack["data"]["content"] == "**** you"
+    assert ack["data"]["filtered"] is True
 
 
 @pytest.mark.parametrize("content, masked", [

@@ -38,8 +38,19 @@ class MessagePost(BaseModel):
         return self
 
 
+def _masked_fields(schema: dict[str, Any]) -> None:
+    schema.setdefault("properties", {}).update({
+        "content": {"type": "string", "description": "only when the filter masked the text: "
+                                                     "the text as the others got it"},
+        "filtered": {"type": "boolean", "description": "true when the filter masked the text "
+                                                       "(absent otherwise)"}})
+
+
 class MessageSent(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """The message's ack. When the content filter masked the text, ``content`` (as delivered)
+    and ``filtered: true`` come with it."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra=_masked_fields)
     id: str | None = Field(None, description="the message's id; null when a stage dropped it")
     offset: str | None = Field(None, description="its offset in the room's history or the inbox")
 

@@ -119,6 +119,7 @@ class FilterStage:
             conn.log.info("message_filtered", type=env.type, action="mask")
             env.data["content"] = masked
             env.payload = _with_content(env.payload, masked)
+            env.filtered = True
         return env
 
 

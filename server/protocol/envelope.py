@@ -54,6 +54,8 @@ class Envelope:
     to: str | None = None
     data: dict[str, Any] = field(default_factory=dict)
     payload: Any = None  # the plugin-schema-validated ``data`` (a pydantic model or dict)
+    #: the content filter masked ``data.content`` (the ack then says so, with the text sent on)
+    filtered: bool = False
 
 
 # orjson keeps integers in int64..uint64 exact and silently turns wider ones into floats, of

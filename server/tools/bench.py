@@ -206,6 +206,7 @@ class Bench:
     async def messages(self, name: str, pick: Callable[[list[Conn]], list[Conn]], count: int,
                        interval: float) -> Results:
         res = Results(name, self.p.connections)
+        res.interval = interval
         conns = await self.open_all(res, rooms=True)
         members = Counter(c.room for c in conns)
         senders = pick(conns)

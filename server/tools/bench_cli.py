@@ -54,6 +54,9 @@ def add_parser(sub: Any, default_config: str) -> argparse.ArgumentParser:
                        help="failures (refused connections, error frames, closes) tolerated (default 0)")
     bench.add_argument("--server-pid", type=int, help="process to sample RSS from (default: the "
                        "process listening on the URL's port, when it is on this machine)")
+    bench.add_argument("--strict", action="store_true",
+                       help="exit 1 when a test was saturated (a CPU-bound server or load "
+                            "generator, or deliveries queued), not only on loss or failures")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON ('-': stdout)")
     bench.add_argument("--no-progress", action="store_true", help="no live progress bar")
     suite = bench.add_argument_group(
@@ -114,7 +117,8 @@ async def _main(args: argparse.Namespace, params: Params, mint: Minter) -> int:
         if baseline is not None and baseline.returncode is None:
             baseline.send_signal(signal.SIGTERM)
             await baseline.wait()
-    report = summary(params, results, target="baseline" if args.baseline else "switchboard")
+    report = summary(params, results, target="baseline" if args.baseline else "switchboard",
+                     strict=args.strict)
     render(report, json_path=args.json)
     return int(report["exit_status"])
 

@@ -73,6 +73,8 @@ class Results:
         self.server_cpu: float | None = None
         self.rss: dict[str, float] | None = None
         self.server_pid: int | None = None
+        #: seconds between one sender's messages (0: back to back, or no messages)
+        self.interval = 0.0
 
     def deliver(self, key: int, sent_ns: int, now_ns: int) -> None:
         self.delivered += 1

@@ -1,5 +1,6 @@
 """The results of ``switchboard bench``: a JSON-ready summary, a table (rich) and the verdict
-(exit status 1 when a delivery was lost or the failures exceed ``--max-errors``)."""
+(exit status 1 when a delivery was lost or the failures exceed ``--max-errors``; with
+``--strict``, also when a test was saturated)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,27 @@ def _rate(count: int, start_ns: int, end_ns: int) -> float | None:
 
 def _percent(cpu: float | None, wall: float) -> float | None:
     return round(100 * cpu / wall, 1) if cpu is not None and wall else None
+
+
+#: a process using this share of a core or more was the bottleneck: the figures are its limit
+SATURATED_CPU_PERCENT = 95.0
+
+
+def saturation(t: dict[str, Any], interval: float) -> list[str]:
+    """Why the figures of a test summary ``t`` cannot be trusted as the server's: a process that
+    was CPU-bound (the server: its ceiling, with queueing in every latency; the generator: its
+    own limit, not the server's), or deliveries that queued (p99 above the message interval)."""
+    reasons = []
+    for who, key in (("the server", "server_cpu_percent"),
+                     ("the load generator", "generator_cpu_percent")):
+        percent = t.get(key)
+        if percent is not None and percent >= SATURATED_CPU_PERCENT:
+            reasons.append(f"{who} was CPU-bound ({percent:.0f}% of a core)")
+    p99 = (t.get("latency_ms") or {}).get("p99")
+    if interval > 0 and p99 is not None and p99 > interval * 1000:
+        reasons.append(f"deliveries queued (latency p99 {p99:,.1f} ms, above the "
+                       f"{interval * 1000:g} ms between messages)")
+    return reasons
 
 
 def test_summary(res: Results) -> dict[str, Any]:
@@ -59,10 +81,14 @@ def test_summary(res: Results) -> dict[str, Any]:
             "server": round(res.server_cpu * 1e6 / res.delivered, 2)
             if res.server_cpu is not None and res.delivered else None,
             "generator": round(res.cpu * 1e6 / res.delivered, 2) if res.delivered else None}
+    out["saturation"] = saturation(out, res.interval)
+    out["saturated"] = bool(out["saturation"])
     return out
 
 
-def summary(params: Params, results: list[Results], *, target: str) -> dict[str, Any]:
+def summary(params: Params, results: list[Results], *, target: str,
+            strict: bool = False) -> dict[str, Any]:
+    """The report; ``strict``: a saturated test is a problem too (exit status 1)."""
     tests = {res.name: test_summary(res) for res in results}
     lost = sum((t["deliveries"] or {}).get("lost", 0) for t in tests.values())
     errors = sum(sum(t["failures"].values()) for t in tests.values())
@@ -71,9 +97,13 @@ def summary(params: Params, results: list[Results], *, target: str) -> dict[str,
         problems.append(f"{lost} deliveries lost")
     if errors > params.max_errors:
         problems.append(f"{errors} failures (--max-errors {params.max_errors})")
+    warnings = [f"{name}: {reason}" for name, t in tests.items() for reason in t["saturation"]]
+    if strict and warnings:
+        saturated = ", ".join(name for name, t in tests.items() if t["saturated"])
+        problems.append(f"saturated (--strict): {saturated}")
     return {"target": target, "url": params.url, "params": dataclasses.asdict(params),
-            "tests": tests, "lost": lost, "errors": errors, "problems": problems,
-            "exit_status": 1 if problems else 0}
+            "tests": tests, "lost": lost, "errors": errors, "warnings": warnings,
+            "problems": problems, "exit_status": 1 if problems else 0}
 
 
 def _ms(values: dict[str, float] | None, keys: tuple[str, ...]) -> str:
@@ -101,6 +131,7 @@ def _rows(t: dict[str, Any]) -> list[str]:
         f"{rss['start']:.0f}→{rss['peak']:.0f}→{rss['end']:.0f}" if rss else "-",
         _pct(t["server_cpu_percent"]),
         _pct(t["generator_cpu_percent"]),
+        "yes" if t["saturated"] else "no",
     ]
 
 
@@ -111,7 +142,7 @@ def _pct(value: float | None) -> str:
 LABELS = ("connections open", "connections/s", "connect ms p50/p99", "failures",
           "messages sent (acked)", "deliveries received/due", "deliveries/s",
           "latency ms p50/p90/p99/max", "messages lost", "server RSS MiB start→peak→end",
-          "server CPU", "load generator CPU")
+          "server CPU", "load generator CPU", "saturated")
 
 
 def render(report: dict[str, Any], *, json_path: str | None) -> None:
@@ -135,6 +166,9 @@ def render(report: dict[str, Any], *, json_path: str | None) -> None:
     if "429" in reasons or "RATE_LIMITED" in reasons:
         console.print("hint: the server's limits refused the load; raise security.max_connections_per_ip, "
                       "security.connect_rate_per_ip and rate_limit for a benchmark (docs/benchmarks.md)")
+    for warning in report["warnings"]:
+        console.print(f"WARNING: saturated: {warning}: the figures of that test are a limit "
+                      "reached, not what the server does below it", style="yellow")
     for problem in report["problems"]:
         console.print(f"FAILED: {problem}", style="bold red")
     write_json(report, json_path)

@@ -190,6 +190,8 @@ class Client:
         self.user = data.get("user") or {}
         for room in data.get("rooms") or ():
             self.rooms.setdefault(room, None)
+        if self.room is None and self.rooms:  # joined on connect (rooms.default_rooms, ?rooms=)
+            self.room = next(iter(self.rooms))
         self._ws = ws
         self._opened_at = time.monotonic()
         self._up.set()

@@ -97,4 +97,7 @@ async def run_script(client: Client, lines: AsyncIterator[str], timeout: float) 
             status = 1
     if client.gone.done():
         return 1
+    if not client.connected:  # lost during the script and not back by its end
+        client.out.notice("the connection was lost and is not back at the end of the script")
+        return 1
     return status

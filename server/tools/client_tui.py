@@ -97,7 +97,9 @@ def _summary(obj: dict[str, Any], rtt_ms: float | None) -> Fragments:
         return [("", f"as {name} ({user.get('id')}), {data.get('online_count')} online, rooms: {rooms}")]
     if type_ == "joined":
         missed = f", {len(data['missed'])} missed" if data.get("missed") else ""
-        return [("class:room", room), ("", f" ({data.get('members_count')} members{missed})")]
+        count = data.get("members_count")
+        members = "1 member" if count == 1 else f"{count} members"
+        return [("class:room", room), ("", f" ({members}{missed})")]
     if type_ in ("user_joined", "user_left"):
         return [("class:from", name), ("", f" {type_[5:]} "), ("class:room", room)]
     if type_ == "typing":
@@ -109,6 +111,8 @@ def _summary(obj: dict[str, Any], rtt_ms: float | None) -> Fragments:
                 ("", f" is {data.get('status')}")]
     if type_ == "ack":
         done = next((f"{key} {data[key]}" for key in ("offset", "id") if data.get(key)), "")
+        if data.get("filtered"):  # the others got the masked text: so does the sender
+            return [("", f"{done}, delivered as "), ("class:message", str(data.get("content", "")))]
         return [("", done)]
     if type_ == "history":
         return [("class:room", room), ("", f" {len(data.get('messages') or [])} messages")]

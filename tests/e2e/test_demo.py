@@ -12,7 +12,7 @@ from typing import Any
 from playwright.async_api import Page, WebSocket, expect
 
 from server.protocol import CloseCode
-from tests.e2e.conftest import PHONE, Demo, OpenPage, message, send, sign_in_with_token
+from tests.e2e.conftest import PHONE, Demo, OpenPage, StartDemo, message, send, sign_in_with_token
 
 
 async def two_users(demo: Demo, open_page: OpenPage, *, alice_roles: list[str] | None = None,
@@ -52,6 +52,19 @@ async def test_two_users_chat_and_see_typing_and_presence(demo: Demo, open_page:
     await bob.click("#logout")
     await expect(bob.locator("#login")).to_be_visible()
     await expect(alice.locator('#people li[data-user="bob"]')).to_have_attribute("data-status", "offline")
+
+
+async def test_the_sender_sees_the_masked_text_the_others_got(start_demo: StartDemo,
+                                                                open_page: OpenPage) -> None:
+    demo = await start_demo({"messages": {"filter": {"enabled": True, "action": "mask",
+                                                     "words": ["darn"]}}})
+    alice, bob = await two_users(demo, open_page)
+    await alice.fill("#composer-input", "oh darn it")
+    await alice.press("#composer-input", "Enter")
+    await expect(message(bob, "oh **** it")).to_have_count(1)
+    await expect(message(alice, "oh **** it")).to_have_count(1)  # the ack said what was delivered
+    await expect(alice.locator("#messages li.msg")).to_have_count(1)
+    await expect(alice.locator("#messages li.msg.pending")).to_have_count(0)
 
 
 async def test_a_closed_connection_recovers_exactly_the_missed_messages(demo: Demo, open_page: OpenPage) -> None:
