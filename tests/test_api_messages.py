@@ -123,3 +123,60 @@ async def test_a_private_message_to_an_online_user_is_pushed(client: TestClient,
     assert status == 200
     got = await bob.recv_type("message")
     assert got["id"] == sent["id"] and got["to"] == "bob" and got["data"]["content"] == "psst"
+
+
+# --- services: no open connection needed -------------------------------------------------------
+API_KEY = "k-" + "s" * 30
+
+
+async def history(client: TestClient, room: str, user: str) -> list[dict[str, Any]]:
+    async with client.get(f"/api/rooms/{room}/history", headers=bearer(user)) as resp:
+        assert resp.status == 200, await resp.text()
+        messages: list[dict[str, Any]] = (await resp.json())["messages"]
+        return messages
+
+
+async def test_a_service_posts_to_a_room_without_a_connection(make_server: Any) -> None:
+    """A role in permissions.post_without_connection (default admin, service): any existing
+    room, no socket; kept in the history with its offset, delivered from the service, through
+    the filter and the rate limit like any message. A plain user still needs a connection."""
+    client = await make_server({"messages": {"filter": {"enabled": True, "action": "mask",
+                                                        "words": ["darn"]}},
+                                "rate_limit": {"user_messages_per_minute": 1, "user_burst": 2}})
+    member = await connector(client)("m", query={"rooms": "ops"})
+    service = bearer("deployer", roles=["service"])
+    status, body, _ = await post(client, {"room": "ops", "content": "deploy darn done"}, service)
+    assert status == 200, body
+    assert body["id"] and body["offset"] and body["filtered"] is True
+    got = await member.recv_type("message")
+    assert got["from"] == {"id": "deployer", "username": "user-deployer"}
+    assert got["data"]["content"] == "deploy **** done" and got["offset"] == body["offset"]
+    kept = await history(client, "ops", "m")
+    assert [(m["id"], m["offset"]) for m in kept] == [(body["id"], body["offset"])]
+    assert (await post(client, {"room": "ops", "content": "2"}, service))[0] == 200
+    status, body, _ = await post(client, {"room": "ops", "content": "3"}, service)
+    assert status == 429 and body["error"]["code"] == "RATE_LIMITED"  # the user's bucket
+    status, body, _ = await post(client, {"room": "nowhere", "content": "x"}, service)
+    assert status == 404 and body["error"]["code"] == "NOT_FOUND"
+    status, body, _ = await post(client, {"room": "ops", "content": "hi"}, bearer("plain"))
+    assert status == 403 and body["error"]["code"] == "NOT_IN_ROOM"
+
+
+async def test_an_api_key_posts_to_a_room_and_to_a_user(make_server: Any) -> None:
+    client = await make_server({"api": {"keys": [API_KEY]},
+                                "permissions": {"post_without_connection": []}})
+    connect = connector(client)
+    member = await connect("m", query={"rooms": "ops"})
+    status, body, _ = await post(client, {"room": "ops", "content": "from the pipeline"},
+                                 {"X-API-Key": API_KEY})
+    assert status == 200 and body["offset"], body
+    got = await member.recv_type("message")
+    assert got["from"] == {"id": "api_key", "username": "api_key"}
+    status, body, _ = await post(client, {"to": "m", "content": "just you"}, {"X-API-Key": API_KEY})
+    assert status == 200, body
+    assert (await member.recv_type("message"))["data"]["content"] == "just you"
+    # the role list is empty here: a service role gets no exemption, the key still does
+    status, body, _ = await post(client, {"room": "ops", "content": "x"},
+                                 bearer("svc", roles=["service"]))
+    assert status == 403 and body["error"]["code"] == "NOT_IN_ROOM"
+

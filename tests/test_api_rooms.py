@@ -106,12 +106,20 @@ async def test_join_refusals_are_the_frame_refusals(make_server: Any) -> None:
     assert status == 403 and body["error"]["code"] == "FORBIDDEN"
 
 
-async def test_a_user_with_no_connection_joins_nothing(client: TestClient) -> None:
+async def test_a_user_with_no_connection_cannot_join_over_http(client: TestClient,
+                                                              connect: Connect) -> None:
+    """Nothing would join: 409 NO_CONNECTION, not a 200 that joined no connection; with one
+    open, it joins."""
     await call(client, "POST", "/api/rooms", ADMIN, {"id": "empty"})
     status, body = await call(client, "POST", "/api/rooms/empty/join", bearer("ghost"))
-    assert status == 200 and body == {"room": "empty", "connections": 0, "members_count": 0}
+    assert status == 409 and body["error"]["code"] == "NO_CONNECTION"
+    status, _ = await call(client, "POST", "/api/rooms/missing/join", bearer("ghost"))
+    assert status == 404  # a room that does not exist says so first
     status, _ = await call(client, "POST", "/api/rooms/missing/leave", bearer("ghost"))
     assert status == 404
+    await connect("ghost")
+    status, body = await call(client, "POST", "/api/rooms/empty/join", bearer("ghost"))
+    assert status == 200 and body == {"room": "empty", "connections": 1, "members_count": 1}
 
 
 async def test_deleting_a_room_tells_its_members(client: TestClient, connect: Connect) -> None:

@@ -87,7 +87,9 @@ async def test_the_document_is_served_and_complete(client: TestClient) -> None:
             for ref in re.findall(r'"\$ref": "#/components/schemas/([^"]+)"', str(op).replace("'", '"')):
                 assert ref in schemas, ref
     assert doc["paths"]["/api/stats"]["get"]["security"] == [{"bearerAuth": []}, {"apiKey": []}]
-    assert doc["paths"]["/api/messages"]["post"]["security"] == [{"bearerAuth": []}]
+    assert doc["paths"]["/api/messages/inbox"]["get"]["security"] == [{"bearerAuth": []}]
+    # a service posts with an API key too (permissions.post_without_connection)
+    assert doc["paths"]["/api/messages"]["post"]["security"] == [{"bearerAuth": []}, {"apiKey": []}]
     assert "security" not in doc["paths"]["/healthz"]["get"]
     limit = next(p for p in doc["paths"]["/api/online"]["get"]["parameters"] if p["name"] == "limit")
     assert limit["schema"]["type"] == "integer" and limit["required"] is False

@@ -252,6 +252,8 @@ class MessagesConfig(Section):
 class PermissionsConfig(Section):
     broadcast: list[str] = ["admin"]
     notify: list[str] = ["admin", "service"]
+    #: roles whose POST /api/messages needs no open connection (any existing room, any user)
+    post_without_connection: list[str] = ["admin", "service"]
     types: dict[str, list[str]] = {}
 
 

@@ -31,6 +31,7 @@ class HttpCode:
     METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
     NOT_READY = "NOT_READY"
     INVALID_CONFIG = "INVALID_CONFIG"
+    NO_CONNECTION = "NO_CONNECTION"
 
 
 #: the status of each ``MessageRejected`` code when a call goes the way of a frame

@@ -1,6 +1,8 @@
 """Messages as the bearer: ``POST /api/messages`` takes the frame path of a ``message`` frame
 (``frames.handle_frame``: the pipeline's rate limit, length and filter, the type's permission,
-the handler) on a connection without a socket (``sessions.HttpConnection``);
+the handler) on a connection without a socket (``sessions.HttpConnection``), in the rooms the
+bearer's connections are in, or, for a service (a role in
+``permissions.post_without_connection``, or an API key), in the room it names if that exists;
 ``GET /api/messages/inbox`` reads the bearer's unread private messages."""
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ..config import FieldError
 from ..errors import MessageRejected
 from ..frames import handle_frame
+from ..identity import User
 from ..keys import NODE, PIPELINE, REGISTRY
 from ..protocol import CloseCode, ErrorCode, new_id
 from .common import Name, SinceQuery, page_limit
-from .errors import ApiError, rejected
+from .errors import ApiError, not_found, rejected
 from .routes import Caller, Routes
 from .sessions import HTTP_SESSIONS, HttpConnection
 
@@ -55,14 +58,30 @@ class MessageSent(BaseModel):
     offset: str | None = Field(None, description="its offset in the room's history or the inbox")
 
 
+#: who an API key's message is from (an API key is no user: it posts as this one, with the
+#: roles of api.admin_roles)
+API_KEY_SENDER = "api_key"
+
+
 @routes.post("/api/messages", summary="Send a message as the bearer, the way a message frame "
-             "goes (permissions, rate limit, length, filter)", access="bearer", body=MessagePost,
-             response=MessageSent, errors=(403, 404, 409, 422, 429), tags=("messages",))
+             "goes (permissions, rate limit, length, filter); a service (a role in "
+             "permissions.post_without_connection, or X-API-Key) needs no open connection",
+             access="user", body=MessagePost, response=MessageSent,
+             errors=(403, 404, 409, 422, 429), tags=("messages",))
 async def message_post(request: web.Request, caller: Caller, body: MessagePost) -> MessageSent:
     node = request.app[NODE]
-    user = caller.need_user()
+    cfg = node.config
+    user = caller.user or User(id=API_KEY_SENDER, username=API_KEY_SENDER,
+                               roles=tuple(cfg.api.admin_roles))
+    rooms = await node.backend.rooms.user_rooms(user.id)
+    if body.room is not None and body.room not in rooms and (
+            caller.user is None or node.permitted(user, "post_without_connection")):
+        # a service: any room that exists, without a socket in it
+        if await node.backend.rooms.get(body.room) is None:
+            raise not_found(f"room {body.room!r}")
+        rooms = {*rooms, body.room}
     state = request.app[HTTP_SESSIONS].state(user.id, node.config)
-    conn = HttpConnection(user, request, state, await node.backend.rooms.user_rooms(user.id))
+    conn = HttpConnection(user, request, state, rooms)
     node.stats.messages_in += 1
     frame_id = new_id()
     frame = {"type": "message", "id": frame_id, "room": body.room, "to": body.to,

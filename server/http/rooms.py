@@ -171,6 +171,11 @@ async def _membership(request: web.Request, user: User, type_: str) -> Membershi
              if not c.closing and (type_ == "join" or room in c.rooms)]
     if not conns and await node.backend.rooms.get(room) is None:
         raise not_found(f"room {room!r}")
+    if not conns and type_ == "join":  # nothing would join: say so, not 200 with 0 connections
+        raise ApiError(409, HttpCode.NO_CONNECTION,
+                       f"{user.id!r} has no open connection on this node to join {room!r} with; "
+                       "a service posts without one (POST /api/messages, "
+                       "permissions.post_without_connection)")
     for conn in conns:
         env = Envelope(type_, room=room)
         env.payload = handler.validate({})
