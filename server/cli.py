@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from . import collector, event_loop
 from .errors import AuthError, ConfigError, PluginError
-from .tools import bench_cli, client_cli
+from .tools import bench_cli, client_cli, reload_cli
 from .tools.options import Minter, split_roles
 from . import workers
 
@@ -337,9 +337,10 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 # --- client and bench (server/tools/) --------------------------------------------------------
-def _tool_setup(args: argparse.Namespace, prog: str) -> tuple[str, Minter] | int:
-    """The URL (``--url``, else the configured listen address) and a function that mints
-    tokens with the configured key, for ``client`` and ``bench``; an exit status on error."""
+def _tool_setup(args: argparse.Namespace, prog: str) -> tuple[str, Minter, Config] | int:
+    """The URL (``--url``, else the configured listen address), a function that mints tokens
+    with the configured key, and the config, for ``client``, ``bench`` and ``reload``; an exit
+    status on error."""
     from .auth import mint_token, parse_ttl
 
     path = _config_path(args.config)
@@ -361,7 +362,7 @@ def _tool_setup(args: argparse.Namespace, prog: str) -> tuple[str, Minter] | int
     def mint(sub: str, **claims: Any) -> str:
         return mint_token(config.auth, sub=sub, ttl=ttl, private_key=private_key, **claims)
 
-    return url, mint
+    return url, mint, config
 
 
 def _tool(prog: str, run: Callable[[argparse.Namespace, str, Minter], int]) -> Callable[[argparse.Namespace], int]:
@@ -370,9 +371,18 @@ def _tool(prog: str, run: Callable[[argparse.Namespace, str, Minter], int]) -> C
         setup = _tool_setup(args, prog)
         if isinstance(setup, int):
             return setup
-        return run(args, *setup)
+        return run(args, setup[0], setup[1])
 
     return command
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    setup = _tool_setup(args, "reload")
+    if isinstance(setup, int):
+        return setup
+    url, mint, config = setup
+    roles = config.api.admin_roles
+    return reload_cli.run(args, url, mint, roles[0] if roles else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -412,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     token.set_defaults(func=cmd_token)
     client_cli.add_parser(sub, DEFAULT_CONFIG).set_defaults(func=_tool("client", client_cli.run))
     bench_cli.add_parser(sub, DEFAULT_CONFIG).set_defaults(func=_tool("bench", bench_cli.run))
+    reload_cli.add_parser(sub, DEFAULT_CONFIG).set_defaults(func=cmd_reload)
     return parser
 
 

@@ -68,7 +68,8 @@ CALLS: dict[tuple[str, str], Call] = {
     ("GET", "/api/rooms/{id}/history"): Call("user"),
     ("POST", "/api/rooms/{id}/join"): Call("bearer"),
     ("POST", "/api/rooms/{id}/leave"): Call("bearer"),
-    ("POST", "/api/messages"): Call("bearer", body=lambda: {"room": "lobby", "content": "hi"}),
+    # a service posts without a connection: an API key too (permissions.post_without_connection)
+    ("POST", "/api/messages"): Call("user", body=lambda: {"room": "lobby", "content": "hi"}),
     ("GET", "/api/messages/inbox"): Call("bearer"),
     ("GET", "/api/stats"): Call("admin"),
     ("POST", "/api/rooms"): Call("admin", 201, body=lambda: {"id": _new_name()}),

@@ -57,7 +57,8 @@ async def test_presence_online_once_and_offline_once(backend: Backend) -> None:
     assert await presence.remove_connection("alice", "c1") == 1
     assert await presence.mark_offline("alice") is None  # c2 is still open
     assert await presence.remove_connection("alice", "c2") == 0
-    assert (await presence.snapshot(["alice"]))[0].online  # until announced offline
+    (during,) = await presence.snapshot(["alice"])  # the grace period: no connection open
+    assert (during.online, during.connections, during.username) == (True, 0, "Alice")
     seen = await presence.mark_offline("alice")
     assert seen is not None and await presence.last_seen("alice") == seen
     assert await presence.mark_offline("alice") is None

@@ -15,7 +15,7 @@ import asyncio
 import time
 from typing import Any
 
-from tests.conftest import WS, Connect, connector
+from tests.conftest import WS, Connect, connector, make_token
 
 PRESENCE = "plugins.presence:PresencePlugin"
 GRACE = 0.25
@@ -234,3 +234,21 @@ async def test_presence_types_are_listed_by_the_protocol_endpoint(make_server: A
     assert mine == {("presence", "client_to_server"), ("presence.query", "client_to_server"),
                     ("presence", "server_to_client"), ("presence.state", "server_to_client"),
                     ("user_status", "server_to_client")}
+
+
+async def test_the_online_list_keeps_the_username_through_the_grace_period(make_server: Any) -> None:
+    """GET /api/online while a user's last connection is closed but the grace period runs: still
+    online, no connection, and the username (not null)."""
+    client = await make_server({"plugins": {"enabled": ["chat", PRESENCE]},
+                                "presence": {"grace_period": 60}})
+    bee = await connector(client)("b", username="Bee")
+    await bee.close()
+    headers = {"Authorization": f"Bearer {make_token('watcher')}"}
+    async with asyncio.timeout(5):
+        while True:  # the server finishes the close after the client's side
+            async with client.get("/api/online", headers=headers) as resp:
+                users = {u["user_id"]: u for u in (await resp.json())["users"]}
+            if users["b"]["connections"] == 0:
+                break
+            await asyncio.sleep(0.02)
+    assert (users["b"]["username"], users["b"]["status"]) == ("Bee", "online")

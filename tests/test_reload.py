@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -24,6 +26,7 @@ from tests.proc import ServerProcess, start_server
 
 ADMIN = {"Authorization": f"Bearer {make_token('ops', roles=['admin'])}"}
 BASE = f"auth:\n  secret: {SECRET}\n"
+ROOT = Path(__file__).resolve().parent.parent
 
 Reload = Callable[[str], Awaitable[tuple[int, Any]]]
 
@@ -249,3 +252,45 @@ async def test_sighup_reloads_the_real_server_without_dropping_a_connection(tmp_
         await server.kill()
     between = [json.loads(line)["event"] for line in server.lines[seen:end - 1] if line.startswith("{")]
     assert "frame_rejected" not in between and "rate_limited" not in between, between
+
+
+async def _reload_cli(tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    """``switchboard reload``, with a config of its own (the key from JWT_SECRET, as the server's)."""
+    cli_config = tmp_path / "cli.yaml"
+    cli_config.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WS_")}
+    env.update({"JWT_SECRET": SECRET, "PYTHONPATH": str(ROOT)})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "server", "reload", "-c", str(cli_config), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=tmp_path)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    return await proc.wait(), out.decode(), err.decode()
+
+
+async def test_the_reload_command_reloads_the_running_server(tmp_path: Path) -> None:
+    """``switchboard reload`` (for a server run as a console script, which ``pidof switchboard``
+    does not find): applied and restart-required keys, a refused file's key paths and exit 1,
+    a wrong API key, no server."""
+    server = await start_server(tmp_path, SIGHUP_V1)
+    config = tmp_path / "websocket.yaml"
+    try:
+        config.write_text("rate_limit:\n  burst: -1\n")
+        code, out, err = await _reload_cli(tmp_path, "--url", server.url)
+        assert code == 1 and out == ""
+        assert "refused (400 INVALID_CONFIG)" in err
+        assert "rate_limit.burst: must be a positive integer, got -1" in err
+
+        config.write_text(SIGHUP_V2)
+        code, out, err = await _reload_cli(tmp_path, "--url", server.url)
+        assert code == 0, err
+        done = json.loads(out)
+        assert {"logging.level", "rate_limit.burst"} <= set(done["applied"])
+        assert done["restart_required"] == ["presence.grace_period"]
+        assert "presence.grace_period changed: it takes effect at the next start" in err
+
+        code, _, err = await _reload_cli(tmp_path, "--url", server.url, "--api-key", "wrong")
+        assert code == 1 and "refused (401 UNAUTHORIZED)" in err
+    finally:
+        await server.kill()
+    code, _, err = await _reload_cli(tmp_path, "--url", server.url)
+    assert code == 1 and "no answer from" in err

@@ -119,14 +119,16 @@ class MemoryRoomStore:
 
 
 class _Presence:
-    """An online user: open connections, the status they set, announced online or not."""
+    """An online user: open connections, the status they set, announced online or not, and the
+    username of the last connection (kept through the grace period, when none is open)."""
 
-    __slots__ = ("announced", "conns", "status")
+    __slots__ = ("announced", "conns", "status", "username")
 
     def __init__(self) -> None:
         self.conns: dict[str, dict[str, Any]] = {}
         self.status: dict[str, Any] | None = None
         self.announced = False
+        self.username: str | None = None
 
 
 class MemoryPresenceStore:
@@ -140,9 +142,9 @@ class MemoryPresenceStore:
         self._last_seen_ttl = seconds
 
     async def add_connection(self, user_id: str, conn_id: str, info: dict[str, Any]) -> int:
-        conns = self._online.setdefault(user_id, _Presence()).conns
-        conns[conn_id] = info
-        return len(conns)
+        entry = self._online.setdefault(user_id, _Presence())
+        entry.conns[conn_id], entry.username = info, info.get("username") or entry.username
+        return len(entry.conns)
 
     async def remove_connection(self, user_id: str, conn_id: str) -> int:
         entry = self._online.get(user_id)
@@ -178,7 +180,7 @@ class MemoryPresenceStore:
         status = extra.pop("status", "online")
         infos = list(entry.conns.values())
         return UserPresence(user_id, True, status, len(infos), last_seen,
-                            username=infos[0].get("username") if infos else None,
+                            username=infos[0].get("username") if infos else entry.username,
                             connected_at=min((i["connected_at"] for i in infos), default=None),
                             extra=extra)
 

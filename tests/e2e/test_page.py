@@ -4,11 +4,14 @@ its accessibility (labels, keyboard, contrast), in a real browser."""
 from __future__ import annotations
 
 import asyncio
+import re
+from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientSession, WSMsgType, web
 from playwright.async_api import expect
 
+from tests.conftest import make_token
 from tests.e2e.conftest import Demo, OpenPage, StartDemo, message, send, sign_in_with_token
 
 
@@ -176,3 +179,38 @@ async def test_rooms_are_created_joined_with_history_and_left(demo: Demo, open_p
     await expect(bob.locator("#messages .sys", has_text="alice left")).to_have_count(1)
     await expect(bob.locator("#chat-meta")).to_have_text("1 member")
     await expect(alice.locator('#available-list li[data-room="random"]')).to_be_visible()
+
+
+async def test_the_readmes_console_snippet_works_pasted_whole(demo: Demo, open_page: OpenPage) -> None:
+    """README's "Try it" lines for a browser console, pasted at once into a page of the server:
+    each waits for what it needs (the socket open), so the message is acknowledged."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("# in the browser console")
+    lines = [line.removeprefix("#   ") for line in readme[start:].splitlines()[1:]
+             if line.startswith("#   ")]
+    assert len(lines) >= 5, lines
+    origin = demo.url.rstrip("/").removeprefix("http://")
+    snippet = "\n".join(lines).replace("127.0.0.1:8000", origin).replace(
+        "<token>", make_token("alice", username="alice"))
+    page = await open_page(demo.url)
+    got = await page.evaluate("""async (snippet) => {
+        const log = [];
+        const seen = console.log;
+        console.log = (x) => log.push(x);
+        try {
+          await (async () => {}).constructor(snippet + "; return ws;")();
+          const deadline = Date.now() + 8000;
+          while (!log.some((f) => f.type === "ack" && f.reply_to === "2") && Date.now() < deadline)
+            await new Promise((r) => setTimeout(r, 20));
+        } finally { console.log = seen; }
+        return log.map((f) => [f.type, f.reply_to ?? null]);
+    }""", snippet)
+    assert [t for t, _ in got][:1] == ["connected"], got
+    assert ["joined", "1"] in got and ["ack", "2"] in got, got
+
+
+async def test_the_ping_button_shows_the_round_trip(demo: Demo, open_page: OpenPage) -> None:
+    page = await open_page(demo.url)
+    await sign_in_with_token(page, "pinger")
+    await page.click("#ping")  # the text comes when the pong does
+    await expect(page.locator("#ping-result")).to_have_text(re.compile(r"^\d+\.\d ms$"))

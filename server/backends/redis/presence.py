@@ -16,9 +16,11 @@ from redis.asyncio.cluster import RedisCluster
 from ..base import LAST_SEEN_TTL, UserPresence
 from .keys import Keys
 
-# KEYS: the user's hash; ARGV: field, info -> connections now
+# KEYS: the user's hash; ARGV: field, info, username ('' for none: kept as 'u', which outlives
+# the connections through the grace period) -> connections now
 ADD = """
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'u', ARGV[3]) end
 local n = 0
 for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
   if string.sub(f, 1, 2) == 'c:' then n = n + 1 end
@@ -85,7 +87,8 @@ class RedisPresenceStore:
         try:
             await self._r.hset(self._mine, conn_id, user_id)
             count = int(await self._add(keys=[self._key(user_id)],
-                                        args=[f"c:{conn_id}", orjson.dumps(info)]))
+                                        args=[f"c:{conn_id}", orjson.dumps(info),
+                                              str(info.get("username") or "")]))
         except BaseException:
             self._local.pop(conn_id, None)  # not connected: restore() takes out what was written
             raise
@@ -146,7 +149,8 @@ class RedisPresenceStore:
         extra = orjson.loads(fields[b"s"]) if b"s" in fields else {}
         status = extra.pop("status", "online")
         return UserPresence(user_id, True, status, len(infos), last_seen,
-                            username=infos[0].get("username") if infos else None,
+                            username=infos[0].get("username") if infos
+                            else (fields[b"u"].decode() if b"u" in fields else None),
                             connected_at=min((i["connected_at"] for i in infos), default=None),
                             extra=extra)
 
