@@ -107,6 +107,18 @@ export function onState({ state, retryAt, code, reason, attempt }) {
 }
 
 /** The sign-in forms, sign-out and "Retry now"; `wire(client)` listens to each new client. */
+/** The Ping button: a `ping` frame and the time until its `pong`, as the user sees it. */
+async function ping() {
+  const out = $("ping-result");
+  const started = performance.now();
+  try {
+    await app.sb.send("ping");
+    out.textContent = `${(performance.now() - started).toFixed(1)} ms`;
+  } catch (err) {
+    out.textContent = `no pong: ${err.message}`;
+  }
+}
+
 export function setupConnection({ wire }) {
   wireClient = wire;
 
@@ -131,5 +143,6 @@ export function setupConnection({ wire }) {
   });
 
   $("logout").addEventListener("click", () => signOut());
+  $("ping").addEventListener("click", ping);
   $("retry-now").addEventListener("click", () => app.sb?.connect().catch(() => {}));
 }

@@ -53,6 +53,19 @@ export function onUserStatus(frame) {
   ui.renderMeta();
 }
 
+/** The status the server keeps for this user (set in another tab, or before a reload) in the
+ * status menu: the page does not start over at "Online" while everyone else sees "Busy". */
+export function showMyStatus(me) {
+  if (!F.presence) return;
+  app.sb.queryPresence([me.id]).then((users) => {
+    const mine = (users || []).find((u) => u.user_id === me.id);
+    const status = mine?.online && mine.status ? mine.status : "online";
+    const select = $("status-select");
+    if (select) select.value = status;
+    seePerson(me.id, me.username, { online: true, status });
+  }, () => {});
+}
+
 /** Who is online now, from the HTTP API. */
 export async function loadOnline() {
   if (!F.presence) return;

@@ -13,7 +13,7 @@ import { onState, setupConnection, showLogin, start } from "./demo-connection.js
 import { addMessage, setupMessages, systemLine } from "./demo-messages.js";
 import { onNotification, setupNotifications } from "./demo-notifications.js";
 import { setupNotifyForm, setupOperator } from "./demo-operator.js";
-import { loadOnline, memberEvent, onPresence, onUserStatus, seePerson, setupPresence } from "./demo-presence.js";
+import { loadOnline, memberEvent, onPresence, onUserStatus, seePerson, setupPresence, showMyStatus } from "./demo-presence.js";
 import { setupPrivate } from "./demo-private.js";
 import { dropConv, joinRoom, loadRooms, onJoined, onRejoined, setupRooms } from "./demo-rooms.js";
 import { clearTyping, onTyping, setupTyping } from "./demo-typing.js";
@@ -55,8 +55,7 @@ async function onConnected(data) {
     const wanted = rooms.length ? rooms : data.rooms.length ? [] : ["general"];
     for (const room of wanted) joinRoom(room, { focus: false });
     setupOperator();
-    const status = $("status-select")?.value;
-    if (status && status !== "online") app.sb.setStatus(status).catch(() => {});
+    showMyStatus(me);
   }
   loadRooms();
   loadOnline();

@@ -157,3 +157,21 @@ async def test_private_message_and_notification_arrive_with_unread_counts(demo: 
     await expect(bob.locator("#conn")).to_have_attribute("data-state", "open")
     await expect(bob.locator("#chat-title")).to_have_text("# general")
     await expect(bob.locator('#dm-list button[data-key="u:alice"]')).to_have_count(0)
+
+
+async def test_the_status_menu_shows_the_servers_status_after_a_reload(demo: Demo,
+                                                                      open_page: OpenPage) -> None:
+    """A reload, or a second tab of the same user, shows the status the server has (what
+    everyone else sees), not "Online"."""
+    alice, bob = await two_users(demo, open_page)
+    await alice.select_option("#status-select", "busy")
+    alice_seen_by_bob = bob.locator('#people li[data-user="alice"]')
+    await expect(alice_seen_by_bob).to_have_attribute("data-status", "busy")
+    await alice.reload()
+    await expect(alice.locator("#conn")).to_have_attribute("data-state", "open")
+    await expect(alice.locator("#status-select")).to_have_value("busy")
+    await expect(alice.locator('#people li[data-user="alice"]')).to_have_attribute("data-status", "busy")
+    second_tab = await open_page(demo.url)  # no form state to restore: only the server's word
+    await sign_in_with_token(second_tab, "alice")
+    await expect(second_tab.locator("#status-select")).to_have_value("busy")
+    await expect(alice_seen_by_bob).to_have_attribute("data-status", "busy")
