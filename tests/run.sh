@@ -13,6 +13,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # the browser tests (tests/e2e) drive Debian's chromium through Playwright; Playwright's own
 # browser download is never used
 [ -x "${SWITCHBOARD_CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
+# axe-core, the accessibility checker those tests load into the page, comes from npm
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   echo "tests/run.sh: installing ${need_apt[*]}" >&2
@@ -31,6 +33,13 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check \
   cat .venv/pip-install.log >&2
   echo "tests/run.sh: pip install failed (log above)" >&2
   exit 1
+fi
+if [ ! -f tests/js/node_modules/axe-core/axe.min.js ]; then
+  if ! npm ci --prefix tests/js --silent --no-audit --no-fund > .venv/npm-install.log 2>&1; then
+    cat .venv/npm-install.log >&2
+    echo "tests/run.sh: npm ci (tests/js: axe-core) failed (log above)" >&2
+    exit 1
+  fi
 fi
 if [ $# -gt 0 ]; then
   exec .venv/bin/python -m pytest "$@"

@@ -55,6 +55,14 @@ async def test_operator_panel_shows_live_stats_to_admins_only(demo: Demo, open_p
     await sign_in_with_token(user, "pete")
     await expect(connections).to_have_text("2")  # polled while the page is open
     await expect(user.locator("#ops")).to_be_hidden()
+    # charts of the polls so far: a line each, their figures in words for screen readers
+    conns_chart = admin.locator('#charts svg[data-chart="connections"]')
+    await expect(conns_chart).to_have_attribute("aria-label", re.compile(r"^Connections, last \d+ s: now 2, highest 2$"))
+    await send(user, "one for the chart")  # one in, one out (to olga in #general)
+    in_chart = admin.locator('#charts svg[data-chart="in"]')
+    await expect(in_chart).to_have_attribute("aria-label", re.compile(r"highest 0\.[1-9]|highest [1-9]"))
+    line = admin.locator('#charts svg[data-chart="in"] polyline')
+    await expect(line).to_have_attribute("points", re.compile(r"^\S+( \S+)+$"))  # a line: 2+ points
 
 
 async def _reverse_proxy(upstream: str, prefix: str) -> web.Application:

@@ -8,6 +8,7 @@ phone). The screenshots go to docs/screenshots/ when SWITCHBOARD_SCREENSHOTS=upd
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -68,6 +69,9 @@ async def test_desktop_and_phone_layouts(demo: Demo, open_page: OpenPage, tmp_pa
     await phone.click(".tabs button[data-view=chat]")
 
     await bob.screenshot(path=tmp_path / "desktop.png")
+    # the charts have a line once the panel has polled a few times (every 2 s)
+    await expect(alice.locator('#charts svg[data-chart="out"] polyline')).to_have_attribute(
+        "points", re.compile(r"^\S+( \S+){2,}$"), timeout=15000)
     await alice.locator("#ops").evaluate("(el) => el.scrollIntoView({block: 'start'})")
     await alice.screenshot(path=tmp_path / "operator.png")
     if os.environ.get("SWITCHBOARD_SCREENSHOTS") == "update":
