@@ -191,8 +191,13 @@ def unbind_connection() -> None:
 
 
 def in_connection_task(conn: Any) -> bool:
-    """Whether lines logged here get ``conn``'s fields already (``bind_connection``)."""
-    return _connection.get() is conn
+    """Whether lines logged here get ``conn``'s fields already: bound here (``bind_connection``)
+    and merged by the chain structlog runs now (ours, not a test's or an embedding app's)."""
+    return _connection.get() is conn and structlog.get_config()["processors"] is _chain
+
+
+#: the processors ``configure_logging`` gave structlog (they merge the context's fields)
+_chain: list[Any] | None = None
 
 
 def merge_context(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -361,13 +366,15 @@ def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> No
     # other value; the console renderer prints that text instead of a rich traceback with local
     # variables (where a token would show)
     finish = [_redact_keys, renderer, _scrub_line]
+    global _chain
+    _chain = [
+        _below_level,
+        structlog.contextvars.merge_contextvars,
+        # JSON: the steps below in one call (three lines a connection in a connect storm)
+        *([_json_line] if fmt == "json" else [_stamp, _exc_text, *finish]),
+    ]
     structlog.configure(
-        processors=[
-            _below_level,
-            structlog.contextvars.merge_contextvars,
-            # JSON: the steps below in one call (three lines a connection in a connect storm)
-            *([_json_line] if fmt == "json" else [_stamp, _exc_text, *finish]),
-        ],
+        processors=_chain,
         wrapper_class=_Levelled,
         # one writer for every logger (a bound logger per connection would otherwise make its
         # own on first use, and look up the stream's lock again)
