@@ -82,7 +82,7 @@ def _gated(method: str, level: int) -> Any:
     return meth
 
 
-class _Levelled(_Emitting):  # type: ignore[misc,valid-type]
+class _Levelled(_Emitting):  # type: ignore[misc]
     """structlog's bound logger, each level's method checking the level of now (``set_level``,
     a reload) before anything else: a line below it costs a comparison, not a trip through the
     processors to a ``DropEvent`` (an exception per ``debug`` line). ``log`` and the ``a*``
@@ -109,7 +109,7 @@ def set_level(name: str) -> None:
     logging.getLogger().setLevel(_level)
 
 
-def _redact_keys(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_keys(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in event:
         if _secret_key(key):
             event[key] = REDACTED
@@ -122,22 +122,18 @@ def _scrub_line(_: Any, __: str, line: Any) -> Any:
     return scrub(line) if isinstance(line, str) else line
 
 
-def _json_line(logger: Any, method: str, event: dict[str, Any]) -> str:
+def _json_line(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
     """``_stamp``, ``_exc_text``, ``_redact_keys``, the JSON renderer and ``_scrub_line``, in
     that order, as one processor."""
-    _stamp(logger, method, event)
-    if "exc_info" in event:
-        event = structlog.processors.format_exc_info(logger, method, event)
-    for key in event:
-        if _secret_key(key):
-            event[key] = REDACTED
-    return scrub(_json(event))
+    stamped = _exc_text(logger, method, _stamp(logger, method, event))
+    return scrub(_json(_redact_keys(logger, method, stamped)))
 
 
-def _exc_text(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+def _exc_text(logger: Any, method: str,
+              event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog's ``format_exc_info``, called only for an event that carries ``exc_info``."""
     if "exc_info" in event:
-        return structlog.processors.format_exc_info(logger, method, event)  # type: ignore[no-any-return]
+        return structlog.processors.format_exc_info(logger, method, event)
     return event
 
 
