@@ -76,8 +76,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from .log import bind_context, configure_logging
 
-    if supervising or args.worker is not None:
-        workers.whole_lines()  # one stderr for all: no line may be written in pieces
+    # one stderr for the workers and their parent: the log's sink writes whole lines, at most
+    # 4 KiB a write, which a pipe never interleaves with another process's (server/log.py)
     configure_logging(loaded.config.logging)
     import structlog
 

@@ -46,7 +46,6 @@ workers ended, not a crash that was repaired by a restart (that one is in the lo
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import signal
 import socket
@@ -118,15 +117,6 @@ def address_in_use(host: str, port: int) -> OSError | None:
         except OSError as exc:
             return exc
     return None
-
-
-def whole_lines() -> None:
-    """Have stderr write each line in one ``write()``: the parent and its workers share it, and
-    one write to a pipe (up to 4 KiB) is never interleaved with another process's. An
-    unbuffered stderr (``PYTHONUNBUFFERED``, ``python -u``) writes a log line and its newline
-    apart, so two workers' lines could end up on one line."""
-    if isinstance(sys.stderr, io.TextIOWrapper):
-        sys.stderr.reconfigure(line_buffering=True, write_through=False)
 
 
 def worker_command(config_path: str | None, host: str | None, port: int | None) -> list[str]:

@@ -39,7 +39,7 @@ class HeaderDeadline(asyncio.Protocol):
                  "kernel_unsent_limited")
 
     def __init__(self, inner: asyncio.Protocol, timeout: float,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop) -> None:
         self._inner = inner
         self._timeout = timeout
         self._loop = loop
@@ -91,10 +91,7 @@ class HeaderDeadline(asyncio.Protocol):
         self._busy = False
 
     def _start(self) -> None:
-        loop = self._loop
-        if loop is None:
-            loop = self._loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(self._timeout, self._expired)
+        self._timer = self._loop.call_later(self._timeout, self._expired)
 
     def _stop(self) -> None:
         if self._timer is not None:

@@ -61,12 +61,6 @@ class MaskGuard(asyncio.Protocol):
         transport.set_protocol(guard)
         return guard
 
-    @property
-    def kernel_unsent_limited(self) -> bool:
-        """Whether the listener limited the socket's unsent bytes, as the protocol this one
-        stands in front of says (``HeaderDeadline``; server/connection.py asks)."""
-        return bool(getattr(self._inner, "kernel_unsent_limited", False))
-
     def data_received(self, data: bytes) -> None:
         if self.refused:
             return
