@@ -89,9 +89,11 @@ class Left(BaseModel):
 
 
 class HistoryReply(BaseModel):
-    """Answers ``history``: a page of kept room messages, oldest first."""
+    """Answers ``history``: a page of a room's kept messages (``room``), or of the private
+    conversation with a user (``to``), oldest first."""
 
-    room: str
+    room: str | None = None
+    to: str | None = None
     messages: list[dict[str, Any]]
     offset: str
     recovered: bool
@@ -141,20 +143,29 @@ class ChatPlugin(Plugin[InboxConfig]):
         await ctx.reply("left", {"room": room, "members_count": count}, room=room)
 
     @handles("history", schema=HistoryData,
-             description="a page of a joined room's kept messages: the latest, or those after since")
+             description="a page of a joined room's kept messages (room), or of your private "
+                         "conversation with a user (to): the latest, or those after since")
     async def history(self, ctx: Context[InboxConfig], data: HistoryData) -> None:
-        room = _need_room(ctx)
-        if room not in ctx.conn.rooms:
-            raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"join {room!r} to read its history")
-        page = await self.node.history(room, data.since, limit=data.limit)
+        room, to = ctx.room, ctx.to
+        if to is not None:
+            if room is not None:
+                raise MessageRejected(ErrorCode.INVALID_MESSAGE, "give 'room' or 'to', not both")
+            page = await self.node.conversation(ctx.user.id, to, data.since, limit=data.limit)
+            where: dict[str, str] = {"to": to}
+        else:
+            room = _need_room(ctx)
+            if room not in ctx.conn.rooms:
+                raise MessageRejected(ErrorCode.NOT_IN_ROOM, f"join {room!r} to read its history")
+            page = await self.node.history(room, data.since, limit=data.limit)
+            where = {"room": room}
         messages = page.messages
         if data.since is None:  # the latest page: what does not fit goes from its old end
             messages = messages[len(messages) - ctx.replay_fit(messages[::-1]):]
         else:
             messages = messages[:ctx.replay_fit(messages)]
-        await ctx.reply("history", {"room": room, "messages": messages, "offset": page.offset,
+        await ctx.reply("history", {**where, "messages": messages, "offset": page.offset,
                                     "recovered": page.recovered,
-                                    "has_more": _has_more(messages, page.offset)}, room=room)
+                                    "has_more": _has_more(messages, page.offset)}, **where)
 
     # --- messages -------------------------------------------------------------------------
     @handles("message", schema=MessageData,

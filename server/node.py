@@ -16,13 +16,15 @@ import structlog
 
 from .auth import Authenticator
 from .backends import create_backend
-from .backends.base import Backend, Channels, HistoryPage, Route, Store, TargetKind
-from .config import Config, RoomOptions, RoomsConfig
+from .backends.base import (Backend, Channels, ConversationEntry, HistoryPage, Route, Store,
+                            TargetKind)
+from .config import Config, RoomOptions
+from .conversations import conversation_page, keep_private, recent_conversations
 from .connection import Connection
 from .errors import MessageRejected
 from .hub import Hub
 from .identity import User
-from .rooms import check_name
+from .rooms import OptionsCache, check_name
 from .metrics import Metrics
 from .protocol import CloseCode, ErrorCode, encode, frame, new_id
 
@@ -36,8 +38,6 @@ log = structlog.get_logger(__name__)
 CORE = "core"
 #: most revoked token ids kept in the backend (each until its exp)
 REVOKED_KEPT = 100_000
-#: most rooms whose options are remembered (``Node.room_options``) before starting over
-ROOM_OPTIONS_KEPT = 4096
 
 
 def _socket(conn: ConnectionView) -> Connection:
@@ -75,8 +75,7 @@ class Node:
         self.control_ops: dict[str, Callable[[dict[str, Any]], None]] = {
             "room_deleted": self._room_deleted, "disconnect": self._disconnect,
             "revoke": self._revoke}
-        self._room_options: dict[str, RoomOptions] = {}
-        self._room_options_of: RoomsConfig | None = None  # the config they were worked out from
+        self._room_options = OptionsCache()
 
     async def start(self) -> None:
         self.backend.history.on_expired(self._history_expired)
@@ -231,18 +230,8 @@ class Node:
                 log.exception("plugin_hook_failed", plugin=plugin.name, hook=hook, room=room)
 
     def room_options(self, room: str) -> RoomOptions:
-        """``config.rooms.options(room)``, worked out once per room for as long as the config
-        stays (a reload replaces it): every room message needs them."""
-        rooms, cache = self.config.rooms, self._room_options
-        if rooms is not self._room_options_of:
-            cache.clear()
-            self._room_options_of = rooms
-        opts = cache.get(room)
-        if opts is None:
-            if len(cache) >= ROOM_OPTIONS_KEPT:
-                cache.clear()
-            opts = cache[room] = rooms.options(room)
-        return opts
+        """``config.rooms.options(room)``, worked out once per room while the config stays."""
+        return self._room_options.get(self.config.rooms, room)
 
     # --- sending --------------------------------------------------------------------------
     # ``exclude`` is a connection id, ``exclude_user`` a user id whose connections are skipped;
@@ -378,6 +367,15 @@ class Node:
     async def inbox_ack(self, user_id: str, offset: str) -> None:
         await self.backend.inbox.ack(user_id, offset)
 
+    async def conversation(self, user_id: str, peer: str, since: str | None, *,
+                           limit: int) -> HistoryPage:
+        return await conversation_page(self.backend, user_id, peer, since, limit=limit)
+
+    async def conversations(self, user_id: str, *, limit: int) -> list[ConversationEntry]:
+        """``user_id``'s private conversations, the most recent first."""
+        return await recent_conversations(self.backend, self.config.conversations, user_id,
+                                          limit=limit)
+
     async def room_members(self, room: str) -> list[str]:
         return await self.backend.rooms.members(room)
 
@@ -411,9 +409,11 @@ class Node:
         """A private ``message`` to every connection of user ``to``, with a copy to the sender's
         other connections. When ``to`` has no open connection anywhere it waits in their inbox
         (the newest ``inbox_size`` for ``inbox_ttl`` seconds: the chat plugin's ``inbox``
-        section) instead, and the returned frame carries its inbox ``offset``."""
+        section) instead. The frame is kept in the pair's conversation, whose ``offset`` it
+        carries (a copy in the inbox carries the inbox's)."""
         check_name("to", to)
         message = frame("message", data, to=to, sender=sender)
+        await keep_private(self.backend, self.config.conversations, sender["id"], to, message)
         payload = encode(message)
         broker = self.backend.broker
         if to == sender["id"]:  # a note to oneself: to each of the other connections
@@ -421,9 +421,8 @@ class Node:
             return message
         if await self.backend.presence.connections(to):
             await broker.publish("user", to, payload)
-        else:
-            message = dict(message)
-            await self.backend.inbox.push(to, message, size=inbox_size, ttl=inbox_ttl)
+        else:  # a copy with an offset of the inbox's
+            await self.backend.inbox.push(to, dict(message), size=inbox_size, ttl=inbox_ttl)
         if self.config.messages.echo_to_sender:
             await broker.publish("user", sender["id"], payload, Route(exclude))
         return message

@@ -5,12 +5,15 @@ may be. A leaf module, so the plugin API can name them."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 from .errors import MessageRejected
 from .protocol.codes import ErrorCode
 
 #: longest room name or user id accepted as a target
 MAX_NAME_LENGTH = 255
+#: most rooms whose options an :class:`OptionsCache` remembers before starting over
+ROOM_OPTIONS_KEPT = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,3 +45,30 @@ def check_name(field: str, value: str) -> None:
         raise MessageRejected(ErrorCode.INVALID_MESSAGE,
                               f"'{field}' must be 1-{MAX_NAME_LENGTH} printable characters without "
                               f"leading or trailing spaces, got {value[:40]!r}")
+
+
+class _OptionsSource(Protocol):
+    def options(self, room: str) -> RoomOptions: ...
+
+
+class OptionsCache:
+    """Each room's options as ``source.options(room)`` works them out (``source``: a config's
+    ``rooms`` section), once per room for as long as the same section is given (a reload
+    replaces it): every room message needs them. At most :data:`ROOM_OPTIONS_KEPT` rooms are
+    remembered before it starts over."""
+
+    def __init__(self) -> None:
+        self._options: dict[str, RoomOptions] = {}
+        self._source: _OptionsSource | None = None  # the section they were worked out from
+
+    def get(self, source: _OptionsSource, room: str) -> RoomOptions:
+        cache = self._options
+        if source is not self._source:
+            cache.clear()
+            self._source = source
+        opts = cache.get(room)
+        if opts is None:
+            if len(cache) >= ROOM_OPTIONS_KEPT:
+                cache.clear()
+            opts = cache[room] = source.options(room)
+        return opts

@@ -9,6 +9,7 @@ export function ensureConv(key, title) {
     conv = { key, kind: key[0] === "r" ? "room" : "dm", id: key.slice(2), title, items: [], ids: new Set(), unread: 0, members: null, history: false };
     convs.set(key, conv);
     renderConvLists();
+    if (conv.kind === "dm" && F.history) loadHistory(conv); // a room's comes with its "joined"
   }
   return conv;
 }
@@ -110,10 +111,12 @@ export function onRejoined({ room, recovered, missed }) {
   }
 }
 
+/** The kept messages of a room, or of a private conversation, before those already shown. */
 async function loadHistory(conv) {
   conv.history = true;
   try {
-    const messages = await app.sb.history(conv.id, { limit: 50 });
+    const read = conv.kind === "room" ? app.sb.history : app.sb.conversation;
+    const messages = await read.call(app.sb, conv.id, { limit: 50 });
     const fresh = messages.filter((m) => m.id != null && !conv.ids.has(m.id));
     for (const m of fresh) conv.ids.add(m.id);
     conv.items = [...fresh.map((frame) => ({ kind: "msg", frame })), ...conv.items];

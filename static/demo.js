@@ -14,7 +14,7 @@ import { addMessage, setupMessages, systemLine } from "./demo-messages.js";
 import { onNotification, setupNotifications } from "./demo-notifications.js";
 import { setupNotifyForm, setupOperator } from "./demo-operator.js";
 import { loadOnline, memberEvent, onPresence, onUserStatus, seePerson, setupPresence, showMyStatus } from "./demo-presence.js";
-import { setupPrivate } from "./demo-private.js";
+import { loadConversations, setupPrivate } from "./demo-private.js";
 import { dropConv, joinRoom, loadRooms, onJoined, onRejoined, setupRooms } from "./demo-rooms.js";
 import { clearTyping, onTyping, setupTyping } from "./demo-typing.js";
 
@@ -59,6 +59,7 @@ async function onConnected(data) {
   }
   loadRooms();
   loadOnline();
+  loadConversations();
 }
 
 setupConnection({ wire });

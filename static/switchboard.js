@@ -485,7 +485,8 @@ export class Switchboard {
     if (frame.room != null) {
       const info = this.rooms.get(frame.room);
       if (info && offsetAfter(frame.offset, info.offset)) info.offset = frame.offset;
-    } else if (frame.offset != null && this.options.ackInbox && frame.from?.id !== this.user?.id) {
+    } else if (frame.inbox === true && frame.offset != null && this.options.ackInbox) {
+      // only the inbox's copies: a live private message's offset is its conversation's
       this._queueInboxAck(frame.offset);
     }
     this._emit("message", frame);
@@ -651,9 +652,19 @@ export class Switchboard {
 
   /** Room history: resolves with the messages (oldest first). */
   async history(room, { since = null, limit = 50 } = {}) {
+    return this._history({ room }, since, limit);
+  }
+
+  /** The private conversation with user `userId` (either of you sent them): resolves with the
+   * messages (oldest first). */
+  async conversation(userId, { since = null, limit = 50 } = {}) {
+    return this._history({ to: userId }, since, limit);
+  }
+
+  async _history(target, since, limit) {
     const data = { limit };
     if (since != null) data.since = since;
-    const frame = await this.send("history", { room, data });
+    const frame = await this.send("history", { ...target, data });
     return frame.data?.messages || [];
   }
 

@@ -108,7 +108,8 @@ async def test_a_private_message_to_an_offline_user_waits_in_their_inbox(client:
         inbox = (await resp.json())["messages"]
     assert [(m["id"], m["data"]["content"], m["from"]["id"]) for m in inbox] == \
         [(sent["id"], "call me", "alice")]
-    async with client.get(f"/api/messages/inbox?since={sent['offset']}", headers=bearer("bob")) as resp:
+    async with client.get(f"/api/messages/inbox?since={inbox[0]['offset']}",
+                          headers=bearer("bob")) as resp:
         assert (await resp.json())["messages"] == []
     async with client.get("/api/messages/inbox", headers=bearer("alice")) as resp:
         assert (await resp.json())["messages"] == []  # the bearer's own inbox only
@@ -180,3 +181,58 @@ async def test_an_api_key_posts_to_a_room_and_to_a_user(make_server: Any) -> Non
                                  bearer("svc", roles=["service"]))
     assert status == 403 and body["error"]["code"] == "NOT_IN_ROOM"
 
+
+
+async def get(client: TestClient, path: str, headers: dict[str, str]) -> tuple[int, Any]:
+    async with client.get(path, headers=headers) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_the_bearer_lists_their_conversations_latest_first_with_unread_counts(
+        client: TestClient, connect: Connect) -> None:
+    await post(client, {"to": "bob", "content": "hi bob"}, bearer("alice"))
+    await post(client, {"to": "bob", "content": "you there?"}, bearer("alice"))
+    await post(client, {"to": "bob", "content": "lunch?"}, bearer("carol"))
+    await post(client, {"to": "alice", "content": "from bob"}, bearer("bob"))
+    status, body = await get(client, "/api/messages/conversations", bearer("bob"))
+    assert status == 200
+    rows = [(c["user_id"], c["username"], c["last_message"]["data"]["content"], c["unread"])
+            for c in body["conversations"]]
+    # alice's last message is bob's own, so her name comes from elsewhere: unknown offline
+    assert rows == [("alice", None, "from bob", 2), ("carol", "user-carol", "lunch?", 1)]
+    assert body["conversations"][0]["updated_at"] >= body["conversations"][1]["updated_at"]
+    assert body["conversations"][0]["last_message"]["offset"]
+    status, body = await get(client, "/api/messages/conversations?limit=1", bearer("bob"))
+    assert [c["user_id"] for c in body["conversations"]] == ["alice"]
+    _, body = await get(client, "/api/messages/conversations", bearer("alice"))
+    assert [(c["user_id"], c["username"], c["unread"]) for c in body["conversations"]] == \
+        [("bob", "user-bob", 1)]  # alice has no socket either: bob's message waits for her
+    _, body = await get(client, "/api/messages/conversations", bearer("dave"))
+    assert body == {"conversations": []}
+    bob = await connect("bob", username="user-bob")  # reads his inbox and acknowledges it
+    waiting = [await bob.recv_type("message") for _ in range(3)]
+    await bob.request("inbox.ack", data={"offset": waiting[-1]["offset"]})
+    _, body = await get(client, "/api/messages/conversations", bearer("bob"))
+    assert [c["unread"] for c in body["conversations"]] == [0, 0]
+    _, body = await get(client, "/api/messages/conversations", bearer("alice"))
+    assert body["conversations"][0]["username"] == "user-bob"
+
+
+async def test_the_bearer_pages_one_conversation(client: TestClient) -> None:
+    sent = [(await post(client, {"to": "bob", "content": str(i)}, bearer("alice")))[1]
+            for i in range(3)]
+    for who, peer in (("bob", "alice"), ("alice", "bob")):
+        status, page = await get(client, f"/api/messages/conversations/{peer}", bearer(who))
+        assert status == 200 and page["user_id"] == peer
+        assert [m["data"]["content"] for m in page["messages"]] == ["0", "1", "2"]
+        assert [m["id"] for m in page["messages"]] == [s["id"] for s in sent]
+        assert page["offset"] == sent[-1]["offset"] and page["recovered"] and not page["has_more"]
+    _, page = await get(client, f"/api/messages/conversations/alice?since={sent[0]['offset']}"
+                                "&limit=1", bearer("bob"))
+    assert [m["data"]["content"] for m in page["messages"]] == ["1"] and page["has_more"]
+    _, page = await get(client, "/api/messages/conversations/alice", bearer("carol"))
+    assert page["messages"] == []  # a third user: nothing of alice's and bob's
+    status, body = await get(client, "/api/messages/conversations/alice", {})
+    assert status == 401
+    async with client.get("/api/messages/conversations", headers={"X-API-Key": "k"}) as resp:
+        assert resp.status in (401, 403)  # an API key is no user: it has no conversations

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from server.backends.base import Backend
+from server.backends.base import Backend, pair_key
 from tests.backends import backend  # noqa: F401  (the fixture)
 
 pytest_plugins = ["tests.services"]
@@ -119,3 +119,55 @@ async def test_the_inbox_is_bounded(backend: Backend) -> None:
     await inbox.push("v", msg("brief"), size=3, ttl=0.05)
     await asyncio.sleep(0.15)  # the behaviour under test is the passing of time
     assert await inbox.fetch("v") == []
+
+
+# --- private conversations ------------------------------------------------------------------
+def test_a_pair_has_one_key_whatever_its_ids_hold() -> None:
+    assert pair_key("ann", "bob") == pair_key("bob", "ann")
+    odd = ["a:b", "a", "b:c", "a:b:c", "}{", "{x}", "ü", "a b"]
+    keys = {pair_key(x, y) for x in odd for y in odd}
+    assert len(keys) == len({frozenset((x, y)) for x in odd for y in odd})
+
+
+async def test_a_conversation_is_numbered_apart_from_rooms_and_the_inbox(backend: Backend) -> None:
+    history = backend.conversations.history
+    pair = pair_key("ann", "{bob}")
+    offsets = [await history.append(pair, msg(i), size=3, ttl=0) for i in range(5)]
+    await backend.inbox.push("{bob}", msg("i"), size=10, ttl=60)
+    await backend.history.append(pair, msg("room"), size=10, ttl=0)  # a room of that name
+    page = await history.since(pair, None, limit=10)
+    assert contents(page.messages) == ["2", "3", "4"] and page.offset == offsets[-1]
+    assert contents((await history.since(pair, offsets[2], limit=10)).messages) == ["3", "4"]
+    assert not (await history.since(pair, offsets[0], limit=10)).recovered  # pushed out
+    # the three numberings are three epochs: no offset of one is a position in another
+    epochs = {offsets[0].rpartition(":")[0],
+              (await backend.inbox.fetch("{bob}"))[0]["offset"].rpartition(":")[0],
+              (await backend.history.current(pair)).rpartition(":")[0]}
+    assert len(epochs) == 3
+
+
+async def test_each_user_lists_their_conversations_latest_first(backend: Backend) -> None:
+    conv = backend.conversations
+    for peer, n in [("bob", 1), ("cat", 2), ("bob", 3), ("dan", 4)]:
+        message = {**msg(n), "offset": f"e:{n}"}
+        await conv.note("ann", peer, message, keep=10, ttl=60)
+        await conv.note(peer, "ann", message, keep=10, ttl=60)
+    listed = await conv.recent("ann", limit=10, ttl=60)
+    assert [(e.peer, e.last_message["data"]["content"]) for e in listed] == \
+        [("dan", "4"), ("bob", "3"), ("cat", "2")]
+    assert listed[0].last_message["offset"] == "e:4" and listed[0].updated >= listed[1].updated
+    assert [e.peer for e in await conv.recent("ann", limit=2, ttl=60)] == ["dan", "bob"]
+    assert [e.peer for e in await conv.recent("bob", limit=10, ttl=60)] == ["ann"]
+    assert await conv.recent("nobody", limit=10, ttl=60) == []
+
+
+async def test_a_users_list_is_bounded_by_keep_and_ttl(backend: Backend) -> None:
+    conv = backend.conversations
+    for n in range(5):
+        await conv.note("ann", f"p{n}", msg(n), keep=3, ttl=60)
+    assert [e.peer for e in await conv.recent("ann", limit=10, ttl=60)] == ["p4", "p3", "p2"]
+    await conv.note("eve", "old", msg("old"), keep=3, ttl=0.05)
+    await asyncio.sleep(0.15)  # the behaviour under test is the passing of time
+    assert await conv.recent("eve", limit=10, ttl=0.05) == []
+    await conv.note("eve", "new", msg("new"), keep=3, ttl=0.05)  # the old entry goes for good
+    assert [e.peer for e in await conv.recent("eve", limit=10, ttl=0)] == ["new"]

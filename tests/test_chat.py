@@ -255,11 +255,12 @@ async def test_private_messages_reach_every_tab_and_the_senders_other_tabs(conne
     a1, a2 = await connect("a", username="ann"), await connect("a")
     b1, b2, c = await connect("b"), await connect("b"), await connect("c")
     ack = await answer(a1, "message", to="b", data={"content": "psst", "ref": 7})
-    assert ack["type"] == "ack" and ack["data"]["offset"] is None  # delivered live, not stored
+    assert ack["type"] == "ack" and ack["data"]["offset"]  # its place in the conversation
     for ws in (b1, b2, a2):
         got = await ws.recv_type("message")
         assert got["to"] == "b" and got["from"] == {"id": "a", "username": "ann"}
         assert got["id"] == ack["data"]["id"] and got["data"] == {"content": "psst", "ref": 7}
+        assert got["offset"] == ack["data"]["offset"]
         assert "room" not in got and "inbox" not in got
     for ws in (a1, c):
         await quiet(ws)
@@ -423,33 +424,38 @@ async def inbox_frames(ws: WS) -> list[dict[str, Any]]:
 async def test_an_offline_users_messages_wait_in_the_inbox_until_acknowledged(connect: Connect) -> None:
     a = await connect("a", username="ann")
     acks = [(await answer(a, "message", to="b", data={"content": f"dm {i}"}))["data"] for i in range(3)]
-    assert all(ack["offset"] for ack in acks)  # b has no connection: stored, with its offset
     for _ in range(2):  # on every connection, until acknowledged
         b = await connect("b")
         frames = await inbox_frames(b)
         assert [f["data"]["content"] for f in frames] == ["dm 0", "dm 1", "dm 2"]
-        assert [f["offset"] for f in frames] == [ack["offset"] for ack in acks]
         assert [f["id"] for f in frames] == [ack["id"] for ack in acks]
         assert all(f["type"] == "message" and f["inbox"] is True and f["to"] == "b"
                    and f["from"] == {"id": "a", "username": "ann"} for f in frames)
+        # each copy carries its place in the inbox (for inbox.ack), not the conversation's
+        assert len({f["offset"] for f in frames}) == 3
+        assert not {f["offset"] for f in frames} & {ack["offset"] for ack in acks}
         await b.close()
+    offsets = [f["offset"] for f in frames]
     b = await connect("b")
-    ack = await b.request("inbox.ack", data={"offset": acks[1]["offset"]})
-    assert ack["type"] == "ack" and ack["data"] == {"offset": acks[1]["offset"]}
-    assert (await b.request("inbox.ack", data={"offset": acks[0]["offset"]}))["type"] == "ack"  # no-op
-    await inbox_frames(b)
+    assert len(await inbox_frames(b)) == 3
+    # an offset of the conversation acknowledges nothing of the inbox
+    assert (await b.request("inbox.ack", data={"offset": acks[2]["offset"]}))["type"] == "ack"
+    assert len(await inbox_frames(await connect("b"))) == 3
+    ack = await b.request("inbox.ack", data={"offset": offsets[1]})
+    assert ack["type"] == "ack" and ack["data"] == {"offset": offsets[1]}
+    assert (await b.request("inbox.ack", data={"offset": offsets[0]}))["type"] == "ack"  # no-op
     b2 = await connect("b")
     assert [f["data"]["content"] for f in await inbox_frames(b2)] == ["dm 2"]
-    await b2.request("inbox.ack", data={"offset": acks[2]["offset"]})
+    await b2.request("inbox.ack", data={"offset": offsets[2]})
     assert await inbox_frames(await connect("b")) == []  # never again
 
 
 async def test_an_ack_past_the_newest_does_not_swallow_later_messages(connect: Connect) -> None:
     a, observer = await connect("a"), await connect("c")
     await join(observer, "lobby")
-    first = (await a.request("message", to="b", data={"content": "one"}))["data"]["offset"]
-    epoch, _, _ = first.rpartition(":")
+    await a.request("message", to="b", data={"content": "one"})
     b = await connect("b")
+    epoch, _, _ = (await inbox_frames(b))[0]["offset"].rpartition(":")
     await join(b, "lobby")
     assert (await b.request("inbox.ack", data={"offset": f"{epoch}:999"}))["type"] == "ack"
     assert (await b.request("inbox.ack", data={"offset": "another-epoch:5"}))["type"] == "ack"
@@ -491,6 +497,71 @@ async def test_a_large_inbox_comes_in_batches_one_per_ack(make_server: MakeServe
         await b.send("inbox.ack", data={"offset": batch[-1]["offset"]})
         assert (await b.recv())["type"] == "ack"
     assert got == list("01234567")
+
+
+# --- 4b. private conversations ----------------------------------------------------------------
+def texts(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["data"]["content"] for m in messages]
+
+
+async def test_a_private_conversation_has_a_history_only_its_two_parties_read(connect: Connect) -> None:
+    a, b, c = await connect("a", username="ann"), await connect("b", username="bea"), await connect("c")
+    sent = [(await a.request("message", to="b", data={"content": "hi"}))["data"],
+            (await b.request("message", to="a", data={"content": "hello"}))["data"],
+            (await a.request("message", to="b", data={"content": "bye"}))["data"]]
+    await a.request("message", to="c", data={"content": "another conversation"})
+    for ws, peer in ((a, "b"), (b, "a")):  # either party, the same conversation, oldest first
+        reply = await ws.request("history", to=peer)
+        assert reply["type"] == "history" and reply["to"] == peer
+        page = reply["data"]
+        assert page["to"] == peer and "room" not in page
+        assert texts(page["messages"]) == ["hi", "hello", "bye"]
+        assert [(m["id"], m["offset"]) for m in page["messages"]] == \
+            [(s["id"], s["offset"]) for s in sent]
+        assert [m["from"]["id"] for m in page["messages"]] == ["a", "b", "a"]
+        assert page["offset"] == sent[-1]["offset"] and page["recovered"] and not page["has_more"]
+    after = (await b.request("history", to="a", data={"since": sent[0]["offset"], "limit": 1}))["data"]
+    assert texts(after["messages"]) == ["hello"] and after["recovered"] and after["has_more"]
+    # a third user reads only their own conversations: nothing of a's and b's
+    assert texts((await c.request("history", to="a"))["data"]["messages"]) == ["another conversation"]
+    assert (await c.request("history", to="b"))["data"]["messages"] == []
+    assert await error_code(a, "history", to="b", room="r") == "INVALID_MESSAGE"
+    assert await error_code(a, "history", to=" b") == "INVALID_MESSAGE"
+
+
+async def test_a_conversation_with_an_offline_user_is_kept_too_and_recovers_with_since(
+        connect: Connect) -> None:
+    a = await connect("a")
+    first = (await a.request("message", to="b", data={"content": "one"}))["data"]
+    await a.request("message", to="b", data={"content": "two"})  # b is offline: inbox and history
+    b = await connect("b")
+    assert texts(await inbox_frames(b)) == ["one", "two"]
+    page = (await b.request("history", to="a", data={"since": first["offset"]}))["data"]
+    assert texts(page["messages"]) == ["two"] and page["recovered"]
+    unknown = (await b.request("history", to="a", data={"since": "another-epoch:1"}))["data"]
+    assert texts(unknown["messages"]) == ["one", "two"] and unknown["recovered"] is False
+    await a.request("message", to="a", data={"content": "a note"})  # to oneself: kept too
+    assert texts((await a.request("history", to="a"))["data"]["messages"]) == ["a note"]
+
+
+async def test_conversations_keep_what_the_config_says(make_server: MakeServer) -> None:
+    connect, _ = await serve(make_server, {"conversations": {"history_size": 2}})
+    a = await connect("a")
+    for i in range(4):
+        await a.request("message", to="b", data={"content": str(i)})
+    page = (await a.request("history", to="b"))["data"]
+    assert texts(page["messages"]) == ["2", "3"]
+    connect, _ = await serve(make_server, {"conversations": {"history_ttl": 0.2}})
+    a = await connect("a")
+    await a.request("message", to="b", data={"content": "fleeting"})
+    assert texts((await a.request("history", to="b"))["data"]["messages"]) == ["fleeting"]
+    await asyncio.sleep(0.4)  # the behaviour under test is the passing of time
+    assert (await a.request("history", to="b"))["data"]["messages"] == []
+    connect, _ = await serve(make_server, {"conversations": {"history_size": 0}})
+    a = await connect("a")
+    ack = (await a.request("message", to="b", data={"content": "not kept"}))["data"]
+    assert ack["id"] and (await a.request("history", to="b"))["data"]["messages"] == []
+    assert texts(await inbox_frames(await connect("b"))) == ["not kept"]  # the inbox still has it
 
 
 # --- 8. system messages -------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from server.buckets import BucketMap
 from server.reload import RELOADER
 from tests.conftest import Connect, connector, make_config, make_token
 
-TTL = 1.0  # seconds: history, inbox, notifications and last_seen
+TTL = 1.0  # seconds: history, inbox, conversations, notifications and last_seen
 PLUGINS = ["chat", "plugins.typing_indicator:TypingPlugin", "plugins.presence:PresencePlugin",
            "plugins.notification:NotificationPlugin"]
 CONFIG: dict[str, Any] = {
@@ -27,6 +27,7 @@ CONFIG: dict[str, Any] = {
     "presence": {"grace_period": 0.05, "last_seen_ttl": TTL},
     "rooms": {"history_ttl": TTL},
     "inbox": {"ttl": TTL},
+    "conversations": {"history_ttl": TTL},
     "notifications": {"ttl": TTL},
 }
 ADMIN = {"Authorization": f"Bearer {make_token('boss', roles=['admin'])}"}
@@ -52,6 +53,8 @@ def sizes(app: web.Application) -> dict[str, int]:
         "last_seen": len(backend.presence._last_seen),  # type: ignore[attr-defined]
         "history streams": len(backend.history._streams._streams),  # type: ignore[attr-defined]
         "inbox streams": len(backend.inbox._streams._streams),  # type: ignore[attr-defined]
+        "conversation streams": len(backend._dm_history._streams._streams),  # type: ignore[attr-defined]
+        "conversation lists": len(backend.conversations),  # type: ignore[arg-type]
         "plugin store keys": len(backend._store),  # type: ignore[attr-defined]
         "presence timers": len(plugins["presence"]._departures),  # type: ignore[attr-defined]
         "typing indicators": len(plugins["typing"]._active),  # type: ignore[attr-defined]
@@ -104,6 +107,8 @@ async def test_users_and_rooms_that_are_gone_leave_nothing_behind(make_server: A
     assert left["hub connections"] == 0
     assert (left["history streams"], left["inbox streams"], left["plugin store keys"],
             left["last_seen"]) == (ROOMS, USERS, USERS, USERS + 1), left
+    # each private message: one conversation, in the sender's list and the recipient's
+    assert (left["conversation streams"], left["conversation lists"]) == (USERS, 2 * USERS), left
 
     await until(lambda: sizes(app) == baseline)
     assert sizes(app) == baseline

@@ -74,14 +74,18 @@ async def test_a_private_message_finds_its_user_on_the_other_node(
     a, b = nodes
     alice, bob = await connector(a)("alice"), await connector(b)("bob")
     ack = await alice.request("message", to="bob", data={"content": "psst"})
-    assert ack["type"] == "ack" and ack["data"]["offset"] is None  # delivered, not kept
+    assert ack["type"] == "ack" and ack["data"]["offset"]  # kept in the conversation
     got = await bob.recv_type("message")
     assert got["data"]["content"] == "psst" and got["to"] == "bob"
+    assert got["offset"] == ack["data"]["offset"]
     await bob.close()
     await alice.request("message", to="bob", data={"content": "while you were away"})
     back = await connector(b)("bob")  # the inbox, kept in Redis, arrives on reconnect
     waiting = await back.recv_type("message")
     assert waiting["data"]["content"] == "while you were away" and waiting["inbox"] is True
+    page = (await back.request("history", to="alice"))["data"]  # the conversation, from node b
+    assert [m["data"]["content"] for m in page["messages"]] == ["psst", "while you were away"]
+    assert page["messages"][0]["offset"] == ack["data"]["offset"]
 
 
 async def test_online_counts_and_presence_agree(nodes: tuple[TestClient, TestClient]) -> None:

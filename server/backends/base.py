@@ -269,6 +269,45 @@ class Inbox(Protocol):
         ...
 
 
+def pair_key(a: str, b: str) -> str:
+    """The key of the conversation of users ``a`` and ``b`` (either order): the two ids
+    sorted, the first one's length in front, so that no two pairs share a key whatever
+    characters the ids hold."""
+    low, high = (a, b) if a <= b else (b, a)
+    return f"{len(low)}:{low}:{high}"
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationEntry:
+    """One line of a user's list of conversations (:meth:`Conversations.recent`)."""
+
+    peer: str  # the other user's id (the user's own for notes to oneself)
+    last_message: dict[str, Any]  # as it was kept, with its conversation ``offset``
+    updated: float  # Unix seconds of the last message
+
+
+class Conversations(Protocol):
+    """Private conversations. Each pair of users' messages are kept in ``history``, a
+    :class:`History` of its own (offsets numbered apart from the rooms' and the inbox's),
+    under :func:`pair_key`; each user has a list of the conversations they had, the latest
+    message of each, most recent first."""
+
+    @property
+    def history(self) -> History: ...
+
+    async def note(self, user_id: str, peer: str, message: dict[str, Any], *, keep: int,
+                   ttl: float) -> None:
+        """``message`` is the latest of ``user_id``'s conversation with ``peer``: that
+        conversation goes to the top of the user's list, which keeps the ``keep`` most recent
+        ones, each for ``ttl`` seconds after its last message (0: until pushed out)."""
+        ...
+
+    async def recent(self, user_id: str, *, limit: int, ttl: float) -> list[ConversationEntry]:
+        """The user's conversations, most recent first, at most ``limit``, none whose last
+        message is older than ``ttl`` seconds (0: any age)."""
+        ...
+
+
 class Backend(Protocol):
     node_id: str
     #: the exceptions that mean "the backend cannot be reached now" (Redis down): a frame that
@@ -279,6 +318,7 @@ class Backend(Protocol):
     presence: PresenceStore
     history: History
     inbox: Inbox
+    conversations: Conversations
 
     def store(self, namespace: str) -> "Store":
         """The generic store of one namespace (a plugin's name): what it keeps there is shared

@@ -4,7 +4,8 @@ client resuming across a restart gets ``recovered: false`` instead of a silent g
 Everything kept for a user or a room that is gone has a bound (docs/operations.md, "Memory"):
 a room's members and a user's rooms and connections go with them; ``last_seen`` stays
 ``presence.last_seen_ttl`` (set by the presence plugin; a week without it), history messages
-``history_ttl``, inbox messages ``inbox.ttl`` and a plugin's stored keys and stream entries their
+``history_ttl``, inbox messages ``inbox.ttl``, private conversations (their messages and
+each user's list of them) ``conversations.history_ttl`` and a plugin's stored keys and stream entries their
 own ``ttl``. A sweep every ``backend.sweep_interval`` seconds
 drops what expired and forgets the streams and users left with nothing, whether or not anyone
 writes or reads again.
@@ -17,28 +18,19 @@ import dataclasses
 import itertools
 import secrets
 import time
-from collections import deque
 from typing import Any, Callable
 
-import orjson
 import structlog
 
 from ..config import Config
-from ..protocol import encode
 from .memory_broker import MemoryBroker
+from .memory_conversations import MemoryConversations
 from .memory_store import MemoryStore, MemoryStoreData
+from .memory_streams import Streams
 from .base import (LAST_SEEN_TTL, Deliver, HistoryPage, RoomInfo,
                    UserPresence)
 
 log = structlog.get_logger(__name__)
-
-
-def _parse_offset(offset: str | None) -> tuple[str, int] | None:
-    """``<epoch>:<seq>`` -> (epoch, seq); None for anything else."""
-    epoch, _, seq = (offset or "").rpartition(":")
-    if not epoch or not (seq.isascii() and seq.isdigit()):
-        return None
-    return epoch, int(seq)
 
 
 class MemoryRoomStore:
@@ -217,125 +209,11 @@ class MemoryPresenceStore:
             del seen[user_id]
 
 
-#: slots of the numbering floors that forgotten streams leave behind (see _Streams)
-_FLOOR_SLOTS = 4096
-
-
-class _Stream:
-    """A bounded, expiring sequence. ``seq`` numbers every item ever added and never goes
-    back, so an offset is never reused within an epoch; ``items`` holds the kept ones, with
-    consecutive numbers."""
-
-    __slots__ = ("seq", "ttl", "items")
-
-    def __init__(self, seq: int = 0) -> None:
-        self.seq = seq
-        self.ttl = 0.0
-        #: (number, time added, the message encoded): readers decode their own copy
-        self.items: deque[tuple[int, float, bytes]] = deque()
-
-    def add(self, message: bytes, *, size: int, ttl: float, now: float) -> None:
-        self.seq += 1
-        self.ttl = ttl
-        items = self.items
-        items.append((self.seq, now, message))
-        while len(items) > size:
-            items.popleft()
-        self.expire(now)
-
-    def expire(self, now: float) -> None:
-        items = self.items
-        if self.ttl > 0:
-            while items and now - items[0][1] > self.ttl:
-                items.popleft()
-
-    def first(self) -> int:
-        """The number of the oldest kept item (``seq + 1`` when none is kept)."""
-        return self.items[0][0] if self.items else self.seq + 1
-
-    def after(self, seq: int, limit: int | None = None) -> list[dict[str, Any]]:
-        """The kept items numbered above ``seq``, oldest first, at most ``limit``: copies."""
-        found = itertools.islice(self.items, max(seq + 1 - self.first(), 0), None)
-        if limit is not None:
-            found = itertools.islice(found, max(limit, 0))
-        return [orjson.loads(m) for _, _, m in found]
-
-
-class _Streams:
-    """Streams by key (room or user) under one epoch. Expired items are dropped when a stream
-    is read and by :meth:`sweep`, which also forgets every stream left with no item.
-
-    The numbering of a key must not go back within the epoch even when its stream was
-    forgotten: a forgotten stream's ``seq`` raises the floor of its key's slot (one of
-    ``_FLOOR_SLOTS``, by hash), and a stream starts at its slot's floor. That takes fixed
-    memory; a key sharing a slot with a forgotten stream numbered higher starts above where
-    it was, which a client catching up sees as ``recovered: false``, never as a silent gap."""
-
-    def __init__(self, epoch: str) -> None:
-        self.epoch = epoch
-        self._streams: dict[str, _Stream] = {}
-        self._floors = [0] * _FLOOR_SLOTS
-
-    def offset(self, seq: int) -> str:
-        return f"{self.epoch}:{seq}"
-
-    def seq_of(self, offset: str | None) -> int | None:
-        """The number an offset of this epoch stands for; None for any other."""
-        parsed = _parse_offset(offset)
-        return parsed[1] if parsed is not None and parsed[0] == self.epoch else None
-
-    def _slot(self, key: str) -> int:
-        return hash(key) % _FLOOR_SLOTS
-
-    def kept(self, key: str) -> bool:
-        """Whether ``key`` has a stream (possibly with only expired items)."""
-        return key in self._streams
-
-    def read(self, key: str) -> _Stream:
-        """``key``'s stream without its expired items; an empty one (not kept) when it has none."""
-        stream = self._streams.get(key)
-        if stream is None:
-            return _Stream(self._floors[self._slot(key)])
-        stream.expire(time.time())
-        return stream
-
-    def add(self, key: str, message: dict[str, Any], *, size: int, ttl: float) -> bytes:
-        """Set ``message``'s ``offset``, keep it encoded; returns the encoding."""
-        stream = self._streams.get(key)
-        if stream is None:
-            stream = self._streams[key] = _Stream(self._floors[self._slot(key)])
-        message["offset"] = self.offset(stream.seq + 1)
-        # a copy the exact length: orjson's own bytes keep a buffer of ~8 KiB whatever the
-        # JSON's length (orjson >= 3.12), ten times a typical message, for as long as it is kept
-        data = bytes(memoryview(encode(message)))
-        stream.add(data, size=size, ttl=ttl, now=time.time())
-        return data
-
-    def sweep(self, now: float) -> list[str]:
-        """Drop the expired items of every stream; forget the streams left empty and return
-        their keys."""
-        empty = []
-        for key, stream in self._streams.items():
-            stream.expire(now)
-            if not stream.items:
-                empty.append(key)
-        for key in empty:
-            self.forget(key)
-        return empty
-
-    def forget(self, key: str) -> None:
-        """Drop ``key``'s stream; its numbering goes on from its slot's floor."""
-        stream = self._streams.pop(key, None)
-        if stream is not None:
-            slot = self._slot(key)
-            self._floors[slot] = max(self._floors[slot], stream.seq)
-
-
 class MemoryHistory:
     """Per-room streams; offsets are ``<epoch>:<seq>``."""
 
     def __init__(self, epoch: str) -> None:
-        self._streams = _Streams(epoch)
+        self._streams = Streams(epoch)
         self._expired: Callable[[str], None] | None = None
 
     async def append(self, room: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
@@ -375,7 +253,7 @@ class MemoryInbox:
     """Per-user streams; an acknowledged message is dropped at once."""
 
     def __init__(self, epoch: str) -> None:
-        self._streams = _Streams(epoch)
+        self._streams = Streams(epoch)
 
     async def push(self, user_id: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
         self._streams.add(user_id, message, size=size, ttl=ttl)
@@ -407,12 +285,15 @@ class MemoryBackend:
     def __init__(self, node_id: str, config: Config | None = None) -> None:
         config = config or Config()
         self.node_id = node_id
-        epoch = secrets.token_hex(4)
-        self.history = MemoryHistory(epoch)
+        self.history = MemoryHistory(secrets.token_hex(4))
         self.broker = MemoryBroker(self.history.keep)
         self.rooms = MemoryRoomStore()
         self.presence = MemoryPresenceStore()
-        self.inbox = MemoryInbox(epoch)
+        # the room history, the inbox and the private conversations each number in an epoch
+        # of their own: an offset of one is never mistaken for a position in another
+        self.inbox = MemoryInbox(secrets.token_hex(4))
+        self._dm_history = MemoryHistory(secrets.token_hex(4))
+        self.conversations = MemoryConversations(self._dm_history)
         self._store = MemoryStoreData()
         self._sweep_interval = config.backend.sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
@@ -436,7 +317,8 @@ class MemoryBackend:
 
     def sweep(self, now: float) -> None:
         """Release what expired by ``now`` (Unix seconds) in every store."""
-        for store in (self.history, self.inbox, self.presence, self._store):
+        for store in (self.history, self.inbox, self.presence, self._store, self.conversations,
+                      self._dm_history):
             store.sweep(now)
 
     async def _sweep_every(self) -> None:

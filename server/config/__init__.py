@@ -10,14 +10,15 @@ from .base import FieldError, KeyPath, Section
 from .env import ENV_PREFIX, ENV_SHORTHANDS, apply_env
 from .loader import LoadedConfig, PluginSections, load_config
 from .messages import validation_messages
-from .schema import (DEV_SECRET, ApiConfig, AuthConfig, BackendConfig, Config, FilterConfig,
+from .schema import (DEV_SECRET, ApiConfig, AuthConfig, BackendConfig, Config,
+                     ConversationsConfig, FilterConfig,
                      LoggingConfig, MessagesConfig, MetricsConfig, NamespaceConfig,
                      PermissionsConfig, PluginsConfig, RateLimitConfig, RedisConfig, RoomOptions,
                      RoomsConfig, SecurityConfig, ServerConfig, TypeRate)
 
 __all__ = [
     "DEV_SECRET", "ENV_PREFIX", "ENV_SHORTHANDS", "ApiConfig", "AuthConfig", "BackendConfig",
-    "Config", "FieldError", "FilterConfig", "KeyPath", "LoadedConfig",
+    "Config", "ConversationsConfig", "FieldError", "FilterConfig", "KeyPath", "LoadedConfig",
     "LoggingConfig", "MessagesConfig", "MetricsConfig", "NamespaceConfig",
     "PermissionsConfig", "PluginSections", "PluginsConfig", "RateLimitConfig",
     "RedisConfig", "RoomOptions", "RoomsConfig", "SecurityConfig", "Section", "ServerConfig",

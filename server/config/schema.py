@@ -249,6 +249,14 @@ class MessagesConfig(Section):
     filter: FilterConfig = FilterConfig()
 
 
+class ConversationsConfig(Section):
+    """Private conversations: each pair of users' last messages, kept like a room's history."""
+
+    history_size: NonNegativeInt = 100
+    history_ttl: NonNegativeFloat = 604800.0
+    max_per_user: PositiveInt = 100
+
+
 class PermissionsConfig(Section):
     broadcast: list[str] = ["admin"]
     notify: list[str] = ["admin", "service"]
@@ -339,6 +347,7 @@ class Config(Section):
     rate_limit: RateLimitConfig = RateLimitConfig()
     rooms: RoomsConfig = RoomsConfig()
     messages: MessagesConfig = MessagesConfig()
+    conversations: ConversationsConfig = ConversationsConfig()
     permissions: PermissionsConfig = PermissionsConfig()
     api: ApiConfig = ApiConfig()
     metrics: MetricsConfig = MetricsConfig()

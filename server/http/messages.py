@@ -3,7 +3,8 @@
 the handler) on a connection without a socket (``sessions.HttpConnection``), in the rooms the
 bearer's connections are in, or, for a service (a role in
 ``permissions.post_without_connection``, or an API key), in the room it names if that exists;
-``GET /api/messages/inbox`` reads the bearer's unread private messages."""
+``GET /api/messages/inbox`` reads the bearer's unread private messages, and
+``GET /api/messages/conversations[/{user_id}]`` their private conversations."""
 
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class MessageSent(BaseModel):
 
     model_config = ConfigDict(extra="allow", json_schema_extra=_masked_fields)
     id: str | None = Field(None, description="the message's id; null when a stage dropped it")
-    offset: str | None = Field(None, description="its offset in the room's history or the inbox")
+    offset: str | None = Field(None, description="its offset in the room's history, or in the "
+                                                 "private conversation")
 
 
 #: who an API key's message is from (an API key is no user: it posts as this one, with the
@@ -112,3 +114,78 @@ async def inbox(request: web.Request, caller: Caller, query: SinceQuery) -> Inbo
     messages = await node.backend.inbox.fetch(caller.need_user().id, query.since,
                                               limit=page_limit(node, query.limit))
     return Inbox(messages=messages)
+
+
+#: most inbox messages read to count a user's unread ones (the inbox holds at most inbox.size)
+UNREAD_SCAN = 100_000
+
+
+class Conversation(BaseModel):
+    user_id: str = Field(description="the other user (your own id for notes to yourself)")
+    username: str | None = Field(description="their username, when known: from their last "
+                                             "message, or from their presence while online")
+    last_message: dict[str, Any] = Field(description="the latest message, either way, as kept")
+    unread: int = Field(description="messages from them still in your inbox (not yet "
+                                    "acknowledged with inbox.ack)")
+    updated_at: float = Field(description="Unix seconds of the latest message")
+
+
+class ConversationList(BaseModel):
+    conversations: list[Conversation]
+
+
+class ConversationLimit(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    limit: int | None = Field(None, ge=1, le=1_000_000, description=(
+        "conversations to return: api.page_size when absent, at most api.max_page_size"))
+
+
+@routes.get("/api/messages/conversations", summary="The bearer's private conversations, the "
+            "most recent first, each with its last message and unread count", access="bearer",
+            query=ConversationLimit, response=ConversationList, tags=("messages",))
+async def conversations(request: web.Request, caller: Caller,
+                        query: ConversationLimit) -> ConversationList:
+    node = request.app[NODE]
+    me = caller.need_user().id
+    entries = await node.conversations(me, limit=page_limit(node, query.limit))
+    unread: dict[str, int] = {}
+    for message in await node.backend.inbox.fetch(me, None, limit=UNREAD_SCAN):
+        from_id = str((message.get("from") or {}).get("id"))
+        unread[from_id] = unread.get(from_id, 0) + 1
+    names = {p.user_id: p.username for p in await node.backend.presence.snapshot(
+        [e.peer for e in entries])}
+    out = []
+    for entry in entries:
+        sender = entry.last_message.get("from") or {}
+        name = sender.get("username") if sender.get("id") == entry.peer else names.get(entry.peer)
+        out.append(Conversation(user_id=entry.peer, username=name, last_message=entry.last_message,
+                                unread=unread.get(entry.peer, 0), updated_at=entry.updated))
+    return ConversationList(conversations=out)
+
+
+class ConversationPage(BaseModel):
+    user_id: str = Field(description="the other user")
+    messages: list[dict[str, Any]] = Field(description="oldest first")
+    recovered: bool = Field(description="false when messages after `since` are gone")
+    offset: str = Field(description="the conversation's latest offset")
+    has_more: bool = Field(description="newer messages follow this page (ask again with the "
+                                       "last one's offset as since)")
+
+
+@routes.get("/api/messages/conversations/{user_id}", summary="A page of the bearer's private "
+            "conversation with a user, oldest first: the latest, or those after `since`",
+            access="bearer", query=SinceQuery, response=ConversationPage, errors=(400,),
+            tags=("messages",))
+async def conversation(request: web.Request, caller: Caller,
+                       query: SinceQuery) -> ConversationPage:
+    node = request.app[NODE]
+    peer = request.match_info["user_id"]
+    try:
+        page = await node.conversation(caller.need_user().id, peer, query.since,
+                                       limit=page_limit(node, query.limit))
+    except MessageRejected as exc:
+        raise rejected(exc) from None
+    messages = page.messages
+    return ConversationPage(user_id=peer, messages=messages, recovered=page.recovered,
+                            offset=page.offset,
+                            has_more=bool(messages) and messages[-1]["offset"] != page.offset)

@@ -1,6 +1,6 @@
 """The demo page in a real browser: two users in two browser contexts chat, see each other
 typing and their presence, lose the connection and recover exactly what they missed, get a
-private message and a notification with unread counts."""
+private message and a notification with unread counts, the conversation again after a reload."""
 
 from __future__ import annotations
 
@@ -156,7 +156,15 @@ async def test_private_message_and_notification_arrive_with_unread_counts(demo: 
     await asyncio.wait_for(reply.wait(), 8)
     await expect(bob.locator("#conn")).to_have_attribute("data-state", "open")
     await expect(bob.locator("#chat-title")).to_have_text("# general")
-    await expect(bob.locator('#dm-list button[data-key="u:alice"]')).to_have_count(0)
+    # the server keeps the conversation: listed again, read already, with its messages
+    dm = bob.locator('#dm-list button[data-key="u:alice"]')
+    await expect(dm).to_have_count(1)
+    await expect(dm.locator(".name")).to_have_text("alice")
+    await expect(dm.locator(".badge")).to_have_count(0)
+    await dm.click()
+    await expect(bob.locator("#chat-title")).to_have_text("@ alice")
+    await expect(message(bob, "psst, just for you")).to_have_count(1)
+    await expect(message(bob, "while you were away")).to_have_count(1)
 
 
 async def test_the_status_menu_shows_the_servers_status_after_a_reload(demo: Demo,

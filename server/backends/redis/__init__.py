@@ -17,6 +17,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from ...config import Config
 from ..base import Deliver
 from .broker import RedisBroker
+from .conversations import RedisConversations
 from .keys import Keys, client_name, connect
 from .presence import RedisPresenceStore
 from .rooms import RedisRoomStore
@@ -46,8 +47,9 @@ class RedisBackend:
         self._heart: asyncio.Task[None] | None = None
         #: since when this node has reached Redis without a failed heartbeat; None: it cannot
         self._up_since: float | None = None
-        self.history = RedisHistory(self.client, keys)
+        self.history = RedisHistory(self.client, keys.room)
         self.inbox = RedisInbox(self.client, keys)
+        self.conversations = RedisConversations(self.client, keys)
         self._sweep_interval = config.backend.sweep_interval
         self._sweeper: asyncio.Task[None] | None = None
 

@@ -28,8 +28,13 @@ class Keys:
 
     # --- users
     def user(self, user_id: str, part: str) -> str:
-        """``p`` presence, ``r`` rooms, ``ih`` inbox stream, ``im`` its counter, ``ch`` channel"""
+        """``p`` presence, ``r`` rooms, ``ih`` inbox stream, ``im`` its counter, ``ch`` channel,
+        ``cz`` the conversations by time, ``cl`` their last messages"""
         return f"{self.p}:{{user:{user_id}}}:{part}"
+
+    # --- private conversations: ``h`` a pair's stream, ``m`` its counter (``pair_key``)
+    def conversation(self, pair: str, part: str) -> str:
+        return f"{self.p}:{{dm:{pair}}}:{part}"
 
     def online(self) -> str:
         return f"{self.p}:online"

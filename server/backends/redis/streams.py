@@ -90,10 +90,13 @@ class _Streams:
 
 
 class RedisHistory:
-    def __init__(self, client: Redis | RedisCluster, keys: Keys) -> None:
-        self._streams = _Streams(client, keys.room)
+    """Numbered streams named by ``key_of(name, part)``: the rooms' (``Keys.room``) or the
+    private conversations' (``Keys.conversation``)."""
+
+    def __init__(self, client: Redis | RedisCluster, key_of: Callable[[str, str], str]) -> None:
+        self._streams = _Streams(client, key_of)
         self._client = client
-        self._keys = keys
+        self._key = key_of
 
     async def append(self, room: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
         return await self._streams.add(room, message, size=size, ttl=ttl)
@@ -118,7 +121,7 @@ class RedisHistory:
         return f"{info.epoch}:{info.seq}"
 
     async def drop(self, room: str) -> None:
-        await self._client.delete(self._keys.room(room, "h"))
+        await self._client.delete(self._key(room, "h"))
 
     def on_expired(self, callback: Callable[[str], None]) -> None:
         """Not reported by this backend yet: an idle stream expires inside Redis."""
