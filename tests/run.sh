@@ -13,7 +13,10 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # the browser tests (tests/e2e) drive Debian's chromium through Playwright; Playwright's own
 # browser download is never used
 [ -x "${SWITCHBOARD_CHROMIUM:-/usr/bin/chromium}" ] || need_apt+=(chromium)
-# axe-core, the accessibility checker those tests load into the page, comes from npm
+# the docs' shell examples pipe through jq (tests/test_doc_examples.py runs them)
+command -v jq >/dev/null 2>&1 || need_apt+=(jq)
+# axe-core (the accessibility checker those tests load into the page) and wscat (the docs'
+# WebSocket examples) come from npm: tests/js/package.json
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
@@ -34,10 +37,10 @@ if ! .venv/bin/python -m pip install -q --disable-pip-version-check \
   echo "tests/run.sh: pip install failed (log above)" >&2
   exit 1
 fi
-if [ ! -f tests/js/node_modules/axe-core/axe.min.js ]; then
+if [ ! -f tests/js/node_modules/axe-core/axe.min.js ] || [ ! -x tests/js/node_modules/.bin/wscat ]; then
   if ! npm ci --prefix tests/js --silent --no-audit --no-fund > .venv/npm-install.log 2>&1; then
     cat .venv/npm-install.log >&2
-    echo "tests/run.sh: npm ci (tests/js: axe-core) failed (log above)" >&2
+    echo "tests/run.sh: npm ci (tests/js: axe-core, wscat) failed (log above)" >&2
     exit 1
   fi
 fi

@@ -71,6 +71,8 @@ CALLS: dict[tuple[str, str], Call] = {
     # a service posts without a connection: an API key too (permissions.post_without_connection)
     ("POST", "/api/messages"): Call("user", body=lambda: {"room": "lobby", "content": "hi"}),
     ("GET", "/api/messages/inbox"): Call("bearer"),
+    ("GET", "/api/messages/conversations"): Call("bearer"),
+    ("GET", "/api/messages/conversations/{user_id}"): Call("bearer"),
     ("GET", "/api/stats"): Call("admin"),
     ("POST", "/api/rooms"): Call("admin", 201, body=lambda: {"id": _new_name()}),
     ("DELETE", "/api/rooms/{id}"): Call("admin", needs_room=True),

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import WSMsgType
 
-import server.backends.memory
+import server.backends.memory_streams
 from server.keys import NODE
 from tests.conftest import WS, connector, make_token
 
@@ -118,13 +118,13 @@ async def test_fan_out_encodes_once_for_all_recipients(connect: Any, monkeypatch
     for ws in members:
         await ws.request("join", room="r")
     calls: list[Any] = []
-    real = server.backends.memory.encode  # a room message is encoded where it is kept
+    real = server.backends.memory_streams.encode  # a room message is encoded where it is kept
 
     def counting(obj: Any) -> bytes:
         calls.append(obj.get("type"))
         return real(obj)
 
-    monkeypatch.setattr(server.backends.memory, "encode", counting)
+    monkeypatch.setattr(server.backends.memory_streams, "encode", counting)
     await members[0].request("message", room="r", data={"content": "once"})
     frames = [await ws.recv_type("message") for ws in members[1:]]
     assert len({json.dumps(f, sort_keys=True) for f in frames}) == 1  # the very same bytes

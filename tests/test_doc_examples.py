@@ -3,19 +3,34 @@
 ``switchboard serve`` on a free port (``localhost:8000`` and ``127.0.0.1:8000`` in the text point
 to it), from a directory whose ``websocket.yaml`` is that server's, with ``switchboard`` on the
 PATH and the environment the examples name: ``JWT_SECRET``, ``TOKEN`` (a ``service`` user's),
-``KEY`` and ``API_KEY`` (an ``api.keys`` entry), ``MAINPID`` (the server's process id).
+``KEY`` and ``API_KEY`` (an ``api.keys`` entry), ``MAINPID`` (the server's process id); its
+``.venv`` is the environment running the tests (README's commands call ``.venv/bin/...``).
+
+A block marked ``<!-- doc-test: tty -->`` runs each command in a terminal of its own
+(``script``), for tools that act differently without one (wscat sends its ``-x`` frame only
+then); their colours, cursor moves and ``> `` prompts are left out of what they print. The npm
+tools of tests/js (wscat) are on the PATH.
 
 Two forms: a transcript, where ``$ `` starts a command (continued by a trailing backslash) and
 the lines after it are what it prints; or a script, where each line is a command and the
 ``# ...`` lines right after one are what it prints. Every command must exit 0, and each line it
 is shown to print must come out, in order (other lines may come between: headers, warnings);
-spaces are not compared and ``...`` stands for anything."""
+spaces are not compared and ``...`` stands for anything.
+
+Left unmarked on purpose, each run some other way: commands that start a server and keep it
+running (docs/deploy.md, the ``--workers`` and bench servers; ``serve`` and its workers are
+tests/test_serve.py's and test_workers.py's), examples naming the reader's own hosts
+(``chat.example.com``, ``redis.internal``), the interactive client (tests/test_client.py drives
+it), the benchmarks, which take minutes each (``switchboard bench`` is tests/test_bench*.py's),
+the example plugin's install and tests (tests/run.sh installs it and the suite runs them) and
+one-off secrets (``openssl rand``)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import re
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +42,9 @@ from tests.proc import start_server
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-MARK = "<!-- doc-test -->"
+MARK = re.compile(r"<!-- doc-test(: tty)? -->")
+#: what a terminal program writes besides its text: colours and cursor moves, carriage returns
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\r")
 KEY = "doc-" + "k" * 32
 TIMEOUT = 60.0
 
@@ -42,6 +59,7 @@ class Command:
 class Block:
     where: str
     commands: list[Command]
+    tty: bool = False
 
 
 def _commands(lines: list[str]) -> list[Command]:
@@ -73,11 +91,13 @@ def marked_blocks() -> list[Block]:
     for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         lines = path.read_text(encoding="utf-8").splitlines()
         for i, line in enumerate(lines):
-            if line.strip() != MARK:
+            mark = MARK.fullmatch(line.strip())
+            if mark is None:
                 continue
-            assert lines[i + 1].strip() == "```sh", f"{path.name}:{i + 1}: {MARK} must precede an sh block"
+            assert lines[i + 1].strip() == "```sh", f"{path.name}:{i + 1}: a doc-test mark must precede an sh block"
             end = lines.index("```", i + 2)
-            blocks.append(Block(f"{path.relative_to(ROOT)}:{i + 2}", _commands(lines[i + 2:end])))
+            blocks.append(Block(f"{path.relative_to(ROOT)}:{i + 2}", _commands(lines[i + 2:end]),
+                                tty=mark.group(1) is not None))
     return blocks
 
 
@@ -86,7 +106,7 @@ BLOCKS = marked_blocks()
 
 def test_the_examples_a_new_user_meets_are_marked() -> None:
     where = {b.where.split(":")[0] for b in BLOCKS}
-    assert {"docs/authentication.md", "docs/api.md", "docs/operations.md"} <= where
+    assert {"README.md", "docs/authentication.md", "docs/api.md", "docs/operations.md"} <= where
 
 
 def _pattern(shown: str) -> re.Pattern[str]:
@@ -114,16 +134,22 @@ async def test_a_marked_shell_example_runs_as_shown(tmp_path: Path, block: Block
     config = (f"server:\n  port: {port}\napi:\n  keys: [{KEY}]\n"
               "rooms:\n  default_rooms: [general]\n")
     server = await start_server(tmp_path, config, args=("--port", str(port)))
+    (tmp_path / ".venv").symlink_to(sys.prefix, target_is_directory=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WS_")}
     env.update({"JWT_SECRET": SECRET, "KEY": KEY, "API_KEY": KEY, "MAINPID": str(server.proc.pid),
                 "TOKEN": make_token("deployer", username="deployer", roles=["service"]),
-                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+                "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                         str(ROOT / "tests" / "js" / "node_modules" / ".bin"),
+                                         env.get("PATH", "")]),
+                "SHELL": "/bin/bash",
                 "PYTHONPATH": str(ROOT)})
     env.pop("SWITCHBOARD_CONFIG", None)
     script = ["set -o pipefail"]
     for n, command in enumerate(block.commands):
         text = command.text.replace("localhost:8000", f"127.0.0.1:{port}")
         text = text.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+        if block.tty:  # in a terminal of its own, which ends with the command (its exit status)
+            text = f"script -qec {shlex.quote(text)} /dev/null < /dev/null"
         script += [f"echo '@@@ {n}'", f"{{\n{text}\n}} 2>&1", f"echo; echo \"@@@ rc $?\""]
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -132,7 +158,10 @@ async def test_a_marked_shell_example_runs_as_shown(tmp_path: Path, block: Block
         out, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT)
     finally:
         await server.kill()
-    parts = re.split(r"^@@@ (\d+)$", out.decode(), flags=re.MULTILINE)[1:]
+    text = out.decode()
+    if block.tty:
+        text = re.sub(r"^(> )+", "", ANSI.sub("", text), flags=re.MULTILINE)
+    parts = re.split(r"^@@@ (\d+)$", text, flags=re.MULTILINE)[1:]
     assert len(parts) == 2 * len(block.commands), out.decode()
     for command, output in zip(block.commands, parts[1::2]):
         body, _, rc = output.rpartition("@@@ rc ")

@@ -193,9 +193,9 @@ async def test_the_readmes_console_snippet_works_pasted_whole(demo: Demo, open_p
     """README's "Try it" lines for a browser console, pasted at once into a page of the server:
     each waits for what it needs (the socket open), so the message is acknowledged."""
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    start = readme.index("# in the browser console")
-    lines = [line.removeprefix("#   ") for line in readme[start:].splitlines()[1:]
-             if line.startswith("#   ")]
+    block = readme[readme.index("in the browser console"):]
+    block = block[block.index("```js\n") + len("```js\n"):]
+    lines = block[:block.index("```")].splitlines()
     assert len(lines) >= 5, lines
     origin = demo.url.rstrip("/").removeprefix("http://")
     snippet = "\n".join(lines).replace("127.0.0.1:8000", origin).replace(
