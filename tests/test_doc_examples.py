@@ -17,9 +17,10 @@ the lines after it are what it prints; or a script, where each line is a command
 is shown to print must come out, in order (other lines may come between: headers, warnings);
 spaces are not compared and ``...`` stands for anything.
 
-Left unmarked on purpose, each run some other way: commands that start a server and keep it
+Left unmarked on purpose, each run some other way: README's run command (the last test here
+starts it as written, from the checkout), other commands that start a server and keep it
 running (docs/deploy.md, the ``--workers`` and bench servers; ``serve`` and its workers are
-tests/test_serve.py's and test_workers.py's), examples naming the reader's own hosts
+tests/test_serve.py's and test_workers.py's), README's test command (it is CI's: .ci/run), examples naming the reader's own hosts
 (``chat.example.com``, ``redis.internal``), the interactive client (tests/test_client.py drives
 it), the benchmarks, which take minutes each (``switchboard bench`` is tests/test_bench*.py's),
 the example plugin's install and tests (tests/run.sh installs it and the suite runs them) and
@@ -35,10 +36,11 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from tests.conftest import SECRET, make_token
-from tests.proc import start_server
+from tests.proc import ServerProcess, start_server
 from tests.services import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -168,3 +170,41 @@ async def test_a_marked_shell_example_runs_as_shown(tmp_path: Path, block: Block
         assert rc.strip() == "0", f"{block.where}: `{command.text}` exited {rc.strip()}:\n{body}"
         missing = shows_in_order(command.shows, body)
         assert not missing, f"{block.where}: `{command.text}` did not print {missing[0]!r}:\n{body}"
+
+
+def readme_run_command() -> str:
+    """The command of README's first block that starts the server (after the install)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    first_line = readme.split("```sh\n", 1)[1].splitlines()[0]
+    return first_line.split("  #")[0].split("&&")[-1].strip()
+
+
+async def test_the_readmes_run_command_serves_the_demo_with_nothing_else_running() -> None:
+    """README's first command, as written, from the checkout (``.venv`` is the environment
+    running the tests): the server comes up on the memory backend with dev login; only the
+    port is a free one (``WS_SERVER_PORT``) instead of 8000, and the log lines are JSON
+    (``WS_LOGGING_FORMAT``) for the test to read."""
+    command = readme_run_command()
+    assert command.startswith(".venv/bin/switchboard serve"), command
+    if Path(sys.prefix).resolve() != (ROOT / ".venv").resolve():
+        command = command.replace(".venv/", f"{sys.prefix}/", 1)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WS_") and k != "JWT_SECRET"}
+    env.update({"WS_SERVER_PORT": "0", "WS_LOGGING_FORMAT": "json", "PYTHONUNBUFFERED": "1"})
+    env.pop("SWITCHBOARD_CONFIG", None)
+    proc = await asyncio.create_subprocess_exec(
+        "bash", "-c", f"exec {command}", cwd=ROOT, env=env, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    server = ServerProcess(proc)
+    try:
+        await server.wait_listening()
+        started = next(e for e in server.events() if e.get("event") == "server_started")
+        assert started["backend"] == "memory"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{server.url}/healthz") as resp:
+                assert resp.status == 200 and (await resp.json())["status"] == "ok"
+            async with http.get(f"{server.url}/") as resp:
+                assert resp.status == 200 and "Switchboard" in await resp.text()
+            async with http.post(f"{server.url}/api/dev/token", json={"username": "visitor"}) as resp:
+                assert resp.status == 200 and (await resp.json())["token"]
+    finally:
+        await server.kill()
