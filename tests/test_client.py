@@ -153,6 +153,10 @@ async def test_script_drives_every_command(tmp_path: Path, server: TestClient) -
     await cli.send("history 5")
     history = await cli.expect("history", reply_to="c6")
     assert [m["data"]["content"] for m in history["data"]["messages"]] == ["hello all"]
+    await cli.send("history @bob 1")  # the private conversation with bob
+    private_history = await cli.expect("history", reply_to="c7")
+    assert private_history["data"]["to"] == "bob"
+    assert [m["data"]["content"] for m in private_history["data"]["messages"]] == ["psst"]
 
     await bob.request("message", room="lobby", data={"content": "hi alice"})
     incoming = await cli.expect("message")
@@ -163,9 +167,9 @@ async def test_script_drives_every_command(tmp_path: Path, server: TestClient) -
     assert {u["user_id"] for u in who["data"]["users"]} == {"u-alice", "bob"}
 
     await cli.send("ping")
-    await cli.expect("pong", reply_to="c7")
+    await cli.expect("pong", reply_to="c8")
     rtt = await cli.expect("client.rtt")
-    assert rtt["data"]["reply_to"] == "c7" and 0 < rtt["data"]["ms"] < TIMEOUT * 1000
+    assert rtt["data"]["reply_to"] == "c8" and 0 < rtt["data"]["ms"] < TIMEOUT * 1000
 
     await cli.send('json {"type": "ping", "id": "raw-1"}')
     await cli.expect("pong", reply_to="raw-1")
@@ -174,13 +178,13 @@ async def test_script_drives_every_command(tmp_path: Path, server: TestClient) -
 
     await cli.send("help")
     await cli.send("leave")
-    left = await cli.expect("left", reply_to="c8")
+    left = await cli.expect("left", reply_to="c9")
     assert left["room"] == "lobby"
     assert (await bob.recv_type("user_left"))["data"]["user"]["id"] == "u-alice"
     await cli.send("quit")
     code, err = await cli.finish()
     assert code == 0, err
-    assert "notification <user> <title>" in err and "history [n]" in err  # help, on stderr
+    assert "notification <user> <title>" in err and "history [@user] [n]" in err  # help, on stderr
 
 
 async def test_script_file_bad_lines_are_reported_and_the_rest_runs(tmp_path: Path,
@@ -194,7 +198,7 @@ async def test_script_file_bad_lines_are_reported_and_the_rest_runs(tmp_path: Pa
     assert [f["type"] for f in frames] == ["connected", "pong", "client.rtt", "joined", "ack"]
     assert "line 3: no current room: join one first" in err
     assert "line 4: unknown command 'frobnicate' (type help)" in err
-    assert "line 5: usage: history [n] (n a positive number, not '-3')" in err
+    assert "line 5: usage: history [@user] [n] (n a positive number, not '-3')" in err
     assert "line 6: usage: wait <seconds> (not a number: 'soon')" in err
     assert "Traceback" not in err
 

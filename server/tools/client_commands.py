@@ -19,7 +19,8 @@ HELP: tuple[tuple[str, str], ...] = (
     ("typing [on|off]", "typing indicator in the current room (default: on)"),
     ("presence <status>", "set your status: online, away, busy, offline"),
     ("notification <user> <title>", "notify a user (roles in permissions.notify)"),
-    ("history [n]", "the current room's last n messages"),
+    ("history [@user] [n]", "the last n messages of the current room, or of your private "
+                            "conversation with a user"),
     ("who", "who is online (GET /api/online)"),
     ("ping", "round trip to the server in ms"),
     ("json <frame>", "send a frame exactly as typed"),
@@ -117,11 +118,16 @@ def _notification(c: Session, rest: str) -> dict[str, Any]:
 
 
 def _history(c: Session, rest: str) -> dict[str, Any]:
+    words = rest.split()
+    peer = words.pop(0)[1:] if words and words[0].startswith("@") and len(words[0]) > 1 else None
     data: dict[str, Any] = {}
-    if rest:
-        if not rest.isdigit() or int(rest) < 1:
-            raise CommandError(f"usage: history [n] (n a positive number, not {rest!r})")
-        data["limit"] = int(rest)
+    if words:
+        if len(words) > 1 or not words[0].isdigit() or int(words[0]) < 1:
+            raise CommandError("usage: history [@user] [n] (n a positive number, not "
+                               f"{' '.join(words)!r})")
+        data["limit"] = int(words[0])
+    if peer is not None:
+        return {"type": "history", "to": peer, "data": data}
     return {"type": "history", "room": c.current_room(), "data": data}
 
 

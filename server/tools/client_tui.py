@@ -115,7 +115,8 @@ def _summary(obj: dict[str, Any], rtt_ms: float | None) -> Fragments:
             return [("", f"{done}, delivered as "), ("class:message", str(data.get("content", "")))]
         return [("", done)]
     if type_ == "history":
-        return [("class:room", room), ("", f" {len(data.get('messages') or [])} messages")]
+        where = room if data.get("to") is None else f"@{data['to']}"
+        return [("class:room", where), ("", f" {len(data.get('messages') or [])} messages")]
     if type_ == "notification":
         title, text = data.get("title") or data.get("notification_type"), data.get("message")
         return [("", f"{title}: {text}" if text else str(title))]
