@@ -5,7 +5,6 @@ connection) is apart from this and keeps its own copy."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from .backends.base import Backend, ConversationEntry, HistoryPage, pair_key
@@ -14,17 +13,12 @@ from .rooms import check_name
 
 
 async def keep_private(backend: Backend, cfg: ConversationsConfig, sender: str, to: str,
-               message: dict[str, Any]) -> None:
+                       message: dict[str, Any]) -> None:
     """Keep a private message in the pair's conversation (setting its ``offset``) and at the
     top of both users' lists; with ``history_size`` 0 nothing of it is kept (it is numbered
     all the same)."""
-    conversations = backend.conversations
-    await conversations.history.append(pair_key(sender, to), message,
-                                       size=cfg.history_size, ttl=cfg.history_ttl)
-    if cfg.history_size:
-        await asyncio.gather(*(
-            conversations.note(user, peer, message, keep=cfg.max_per_user, ttl=cfg.history_ttl)
-            for user, peer in {(sender, to), (to, sender)}))  # one for a note to oneself
+    await backend.conversations.append(sender, to, message, size=cfg.history_size,
+                                       ttl=cfg.history_ttl, keep=cfg.max_per_user)
 
 
 async def conversation_page(backend: Backend, user_id: str, peer: str, since: str | None, *,

@@ -148,26 +148,30 @@ async def test_a_conversation_is_numbered_apart_from_rooms_and_the_inbox(backend
 
 async def test_each_user_lists_their_conversations_latest_first(backend: Backend) -> None:
     conv = backend.conversations
-    for peer, n in [("bob", 1), ("cat", 2), ("bob", 3), ("dan", 4)]:
-        message = {**msg(n), "offset": f"e:{n}"}
-        await conv.note("ann", peer, message, keep=10, ttl=60)
-        await conv.note(peer, "ann", message, keep=10, ttl=60)
+    for sender, to, n in [("ann", "bob", 1), ("cat", "ann", 2), ("bob", "ann", 3), ("ann", "dan", 4)]:
+        await conv.append(sender, to, msg(n), size=10, ttl=60, keep=10)
     listed = await conv.recent("ann", limit=10, ttl=60)
     assert [(e.peer, e.last_message["data"]["content"]) for e in listed] == \
         [("dan", "4"), ("bob", "3"), ("cat", "2")]
-    assert listed[0].last_message["offset"] == "e:4" and listed[0].updated >= listed[1].updated
+    assert listed[0].last_message["offset"] == await conv.history.current(pair_key("dan", "ann"))
+    assert listed[0].updated >= listed[1].updated >= listed[2].updated
     assert [e.peer for e in await conv.recent("ann", limit=2, ttl=60)] == ["dan", "bob"]
     assert [e.peer for e in await conv.recent("bob", limit=10, ttl=60)] == ["ann"]
     assert await conv.recent("nobody", limit=10, ttl=60) == []
+    await conv.append("eve", "eve", msg("note"), size=10, ttl=60, keep=10)  # to oneself
+    assert [e.peer for e in await conv.recent("eve", limit=10, ttl=60)] == ["eve"]
+    offset = await conv.append("zed", "amy", msg("unkept"), size=0, ttl=60, keep=10)
+    assert offset and await conv.recent("zed", limit=10, ttl=60) == []  # size 0: nothing kept
+    assert (await conv.history.since(pair_key("zed", "amy"), None, limit=10)).messages == []
 
 
 async def test_a_users_list_is_bounded_by_keep_and_ttl(backend: Backend) -> None:
     conv = backend.conversations
     for n in range(5):
-        await conv.note("ann", f"p{n}", msg(n), keep=3, ttl=60)
+        await conv.append("ann", f"p{n}", msg(n), size=10, ttl=60, keep=3)
     assert [e.peer for e in await conv.recent("ann", limit=10, ttl=60)] == ["p4", "p3", "p2"]
-    await conv.note("eve", "old", msg("old"), keep=3, ttl=0.05)
+    await conv.append("eve", "old", msg("old"), size=10, ttl=0.05, keep=3)
     await asyncio.sleep(0.15)  # the behaviour under test is the passing of time
     assert await conv.recent("eve", limit=10, ttl=0.05) == []
-    await conv.note("eve", "new", msg("new"), keep=3, ttl=0.05)  # the old entry goes for good
+    await conv.append("eve", "new", msg("new"), size=10, ttl=0.05, keep=3)  # the old goes for good
     assert [e.peer for e in await conv.recent("eve", limit=10, ttl=0)] == ["new"]

@@ -293,13 +293,18 @@ class Conversations(Protocol):
     message of each, most recent first."""
 
     @property
-    def history(self) -> History: ...
+    def history(self) -> History:
+        """The pairs' messages, for reading: ``history.since(pair_key(a, b), ...)``."""
+        ...
 
-    async def note(self, user_id: str, peer: str, message: dict[str, Any], *, keep: int,
-                   ttl: float) -> None:
-        """``message`` is the latest of ``user_id``'s conversation with ``peer``: that
-        conversation goes to the top of the user's list, which keeps the ``keep`` most recent
-        ones, each for ``ttl`` seconds after its last message (0: until pushed out)."""
+    async def append(self, sender: str, to: str, message: dict[str, Any], *, size: int,
+                     ttl: float, keep: int) -> str:
+        """Keep ``message`` in the conversation of ``sender`` and ``to`` as
+        :meth:`History.append` does (it gets its ``offset``; ``size`` and ``ttl`` as there)
+        and put that conversation at the top of both users' lists (one list for a note to
+        oneself), each of which keeps its ``keep`` most recent conversations, each for ``ttl``
+        seconds after its last message (0: until pushed out). With ``size`` 0 the message is
+        numbered and nothing is kept, the lists included. Returns the offset."""
         ...
 
     async def recent(self, user_id: str, *, limit: int, ttl: float) -> list[ConversationEntry]:
