@@ -17,9 +17,8 @@ import structlog
 from .auth import Authenticator
 from .backends import create_backend
 from .backends.base import (Backend, Channels, ConversationEntry, HistoryPage, Route, Store,
-                            TargetKind)
+                            TargetKind, pair_key)
 from .config import Config, RoomOptions
-from .conversations import conversation_page, keep_private, recent_conversations
 from .connection import Connection
 from .errors import MessageRejected
 from .hub import Hub
@@ -369,12 +368,14 @@ class Node:
 
     async def conversation(self, user_id: str, peer: str, since: str | None, *,
                            limit: int) -> HistoryPage:
-        return await conversation_page(self.backend, user_id, peer, since, limit=limit)
+        check_name("to", peer)
+        return await self.backend.conversations.history.since(pair_key(user_id, peer), since,
+                                                              limit=limit)
 
     async def conversations(self, user_id: str, *, limit: int) -> list[ConversationEntry]:
         """``user_id``'s private conversations, the most recent first."""
-        return await recent_conversations(self.backend, self.config.conversations, user_id,
-                                          limit=limit)
+        return await self.backend.conversations.recent(
+            user_id, limit=limit, ttl=self.config.conversations.history_ttl)
 
     async def room_members(self, room: str) -> list[str]:
         return await self.backend.rooms.members(room)
@@ -409,11 +410,13 @@ class Node:
         """A private ``message`` to every connection of user ``to``, with a copy to the sender's
         other connections. When ``to`` has no open connection anywhere it waits in their inbox
         (the newest ``inbox_size`` for ``inbox_ttl`` seconds: the chat plugin's ``inbox``
-        section) instead. The frame is kept in the pair's conversation, whose ``offset`` it
-        carries (a copy in the inbox carries the inbox's)."""
+        section) instead. The frame is kept in the pair's conversation (``conversations``
+        section), whose ``offset`` it carries (a copy in the inbox carries the inbox's)."""
         check_name("to", to)
         message = frame("message", data, to=to, sender=sender)
-        await keep_private(self.backend, self.config.conversations, sender["id"], to, message)
+        cfg = self.config.conversations
+        await self.backend.conversations.append(sender["id"], to, message, size=cfg.history_size,
+                                                ttl=cfg.history_ttl, keep=cfg.max_per_user)
         payload = encode(message)
         broker = self.backend.broker
         if to == sender["id"]:  # a note to oneself: to each of the other connections

@@ -115,8 +115,8 @@ export function onRejoined({ room, recovered, missed }) {
 async function loadHistory(conv) {
   conv.history = true;
   try {
-    const read = conv.kind === "room" ? app.sb.history : app.sb.conversation;
-    const messages = await read.call(app.sb, conv.id, { limit: 50 });
+    const page = { limit: 50 };
+    const messages = await (conv.kind === "room" ? app.sb.history(conv.id, page) : app.sb.conversation(conv.id, page));
     const fresh = messages.filter((m) => m.id != null && !conv.ids.has(m.id));
     for (const m of fresh) conv.ids.add(m.id);
     conv.items = [...fresh.map((frame) => ({ kind: "msg", frame })), ...conv.items];

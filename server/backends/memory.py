@@ -4,11 +4,11 @@ client resuming across a restart gets ``recovered: false`` instead of a silent g
 Everything kept for a user or a room that is gone has a bound (docs/operations.md, "Memory"):
 a room's members and a user's rooms and connections go with them; ``last_seen`` stays
 ``presence.last_seen_ttl`` (set by the presence plugin; a week without it), history messages
-``history_ttl``, inbox messages ``inbox.ttl``, private conversations (their messages and
-each user's list of them) ``conversations.history_ttl`` and a plugin's stored keys and stream entries their
-own ``ttl``. A sweep every ``backend.sweep_interval`` seconds
-drops what expired and forgets the streams and users left with nothing, whether or not anyone
-writes or reads again.
+``history_ttl``, inbox messages ``inbox.ttl``, private conversations (their messages and each
+user's list of them) ``conversations.history_ttl``, and a plugin's stored keys and stream
+entries their own ``ttl``. A sweep every ``backend.sweep_interval`` seconds drops what expired
+and forgets the streams and users left with nothing, whether or not anyone writes or reads
+again.
 """
 
 from __future__ import annotations
