@@ -68,6 +68,16 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
+def keep_args(message: dict[str, Any], *, size: int, ttl: float, header: bytes = b"",
+              channel: str = "") -> list[Any]:
+    """ARGV of :data:`KEEP_AND_PUBLISH` (and of the scripts built on it) to keep ``message``,
+    whose ``offset`` is set to :data:`PLACEHOLDER` here: the caller sets the real one from the
+    script's answer. No ``channel``: kept, not published."""
+    message["offset"] = PLACEHOLDER
+    return [size, int(ttl * 1000), int(time.time() * 1000), encode(message), header, channel,
+            new_epoch(), PLACEHOLDER, counter_ttl_ms(ttl)]
+
+
 class RedisBroker:
     def __init__(self, client: Redis | RedisCluster, keys: Keys, node_id: str,
                  unavailable: tuple[type[BaseException], ...]) -> None:
@@ -146,13 +156,11 @@ class RedisBroker:
 
     async def publish_kept(self, room: str, message: dict[str, Any], *, size: int, ttl: float,
                            route: Route = DEFAULT_ROUTE) -> str:
-        message["offset"] = PLACEHOLDER
-        template = encode(message)
         keys = self._keys
         offset, frame = await self._keep(
             keys=[keys.room(room, "h"), keys.room(room, "m")],
-            args=[size, int(ttl * 1000), int(time.time() * 1000), template, self._header(route),
-                  keys.channel("room", room), new_epoch(), PLACEHOLDER, counter_ttl_ms(ttl)])
+            args=keep_args(message, size=size, ttl=ttl, header=self._header(route),
+                           channel=keys.channel("room", room)))
         message["offset"] = offset.decode()
         self._local("room", room, frame, route)
         return str(message["offset"])

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..base import ConversationEntry, pair_key
-from .broker import KEEP_AND_PUBLISH, PLACEHOLDER, counter_ttl_ms, new_epoch
+from .broker import KEEP_AND_PUBLISH, keep_args
 from .keys import Keys
 from .streams import RedisHistory
 
@@ -86,13 +86,11 @@ class RedisConversations:
         lists = [(sender, to)] if sender == to else [(sender, to), (to, sender)]
         if self._keep_private is not None:  # one Redis: one round trip
             pair = pair_key(sender, to)
-            message["offset"] = PLACEHOLDER
             keys = [self._keys.conversation(pair, "h"), self._keys.conversation(pair, "m")]
             for user, _ in lists:
                 keys += [self._keys.user(user, "cz"), self._keys.user(user, "cl")]
             offset, _ = await self._keep_private(keys=keys, args=[
-                size, ttl_ms, now, orjson.dumps(message), b"", "", new_epoch(), PLACEHOLDER,
-                counter_ttl_ms(ttl), sender, to, now, keep, ttl_ms])
+                *keep_args(message, size=size, ttl=ttl), sender, to, now, keep, ttl_ms])
             message["offset"] = offset.decode()
             return str(message["offset"])
         offset = await self.history.append(pair_key(sender, to), message, size=size, ttl=ttl)

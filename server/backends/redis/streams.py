@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 
 from ..base import HistoryPage
-from .broker import KEEP_AND_PUBLISH, PLACEHOLDER, counter_ttl_ms, new_epoch
+from .broker import KEEP_AND_PUBLISH, keep_args, new_epoch
 from .keys import Keys
 
 
@@ -50,12 +50,8 @@ class _Streams:
         self._keep = client.register_script(KEEP_AND_PUBLISH)
 
     async def add(self, name: str, message: dict[str, Any], *, size: int, ttl: float) -> str:
-        message["offset"] = PLACEHOLDER
-        template = orjson.dumps(message)
-        offset, _ = await self._keep(
-            keys=[self._key(name, "h"), self._key(name, "m")],
-            args=[size, int(ttl * 1000), int(time.time() * 1000), template, b"", "", new_epoch(),
-                  PLACEHOLDER, counter_ttl_ms(ttl)])
+        offset, _ = await self._keep(keys=[self._key(name, "h"), self._key(name, "m")],
+                                     args=keep_args(message, size=size, ttl=ttl))
         message["offset"] = offset.decode()
         return str(message["offset"])
 
